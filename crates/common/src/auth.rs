@@ -1,0 +1,66 @@
+//! Accounts and sessions: sign up, log in, refresh, log out.
+//!
+//! A session is a short-lived JWT access token plus a long-lived, single-use,
+//! revocable refresh token (stored by the server only as a SHA-256 hash).
+
+use serde::{Deserialize, Serialize};
+
+use crate::namespaces::NamespaceWithRole;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignupRequest {
+    /// Login email; compared case-insensitively.
+    pub email: String,
+    /// At least 8 characters, at most 256.
+    pub password: String,
+    /// Shown to other members; defaults to the part of the email before `@`.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Returned by sign-up, log-in and refresh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuthResponse {
+    /// JWT for `Authorization: Bearer …` on `/api/v1` routes.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Single-use token for `POST /api/v1/auth/refresh`; a new one is returned each time.
+    pub refresh_token: String,
+    pub account: Account,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// The signed-in account and the namespaces it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Me {
+    pub account: Account,
+    pub namespaces: Vec<NamespaceWithRole>,
+}

@@ -1,0 +1,108 @@
+//! The one error shape of the API (SPEC "Errors"):
+//! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
+//!
+//! Codes are stable snake_case strings; clients branch on `code`, never on
+//! `message`. New codes may be added; existing ones never change meaning.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a field fails validation (400).
+    InvalidRequest,
+    /// The body is not valid JSON or does not match the expected shape (400).
+    InvalidJson,
+    /// No credentials, or credentials that cannot be verified (401).
+    Unauthorized,
+    /// Email and password do not match an account (401).
+    InvalidCredentials,
+    /// The access token has expired; refresh it (401).
+    TokenExpired,
+    /// The refresh token is unknown, expired, revoked or already used (401).
+    InvalidRefreshToken,
+    /// Authenticated, but the role does not allow this action (403).
+    Forbidden,
+    /// The resource does not exist or is not visible to the caller (404).
+    NotFound,
+    /// The HTTP method is not supported on this path (405).
+    MethodNotAllowed,
+    /// The request conflicts with existing state, e.g. a taken email (409).
+    Conflict,
+    /// The change would leave a namespace without an owner (409).
+    LastOwner,
+    /// The body is larger than the server accepts (413).
+    PayloadTooLarge,
+    /// Too many requests; see `Retry-After` (429).
+    RateLimited,
+    /// Something failed inside the server; the request id finds it in the logs (500).
+    Internal,
+    /// A dependency (the database) is not available (503).
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidRefreshToken => "invalid_refresh_token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::LastOwner => "last_owner",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status that always accompanies this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest | ErrorCode::InvalidJson => 400,
+            ErrorCode::Unauthorized
+            | ErrorCode::InvalidCredentials
+            | ErrorCode::TokenExpired
+            | ErrorCode::InvalidRefreshToken => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict | ErrorCode::LastOwner => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// Human-readable explanation; may change between releases.
+    pub message: String,
+    /// The request id (also in the `X-Request-Id` header and the server logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}

@@ -1,0 +1,151 @@
+//! Request extractors that authenticate the caller.
+//!
+//! `CurrentAccount` checks the bearer access token. `CurrentMember` also loads the
+//! caller's membership of the `{namespace_id}` in the path; a namespace the caller
+//! does not belong to is reported as not found, exactly like one that does not
+//! exist, so its existence never leaks.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, FromRequest, HttpRequest};
+use tally_common::{NamespaceWithRole, Role};
+
+use crate::error::ApiError;
+use crate::routes::to_namespace;
+use crate::state::AppState;
+
+#[derive(Debug, Clone)]
+pub struct CurrentAccount {
+    pub account_id: String,
+}
+
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer header"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "expected Authorization: Bearer <token>",
+        ));
+    }
+    Ok(token.trim())
+}
+
+fn state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))
+}
+
+impl FromRequest for CurrentAccount {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready((|| {
+            let state = state(req)?;
+            let account_id = state.tokens.verify_access(bearer(req)?)?;
+            Ok(CurrentAccount { account_id })
+        })())
+    }
+}
+
+/// What a role may do in its namespace (see docs/ARCHITECTURE.md, "Roles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// See the namespace, its members and events. Every role.
+    Read,
+    /// Rename the namespace, add, change and remove members.
+    ManageNamespace,
+    /// Grant or take away the owner role.
+    ManageOwners,
+    /// Keys, monitoring, test mode.
+    Develop,
+    /// Credits and invoices.
+    Billing,
+}
+
+pub fn allows(role: Role, permission: Permission) -> bool {
+    use Permission::*;
+    match role {
+        Role::Owner => true,
+        Role::Admin => permission != ManageOwners,
+        Role::Developer => matches!(permission, Read | Develop),
+        Role::Billing => matches!(permission, Read | Billing),
+        Role::Viewer => permission == Read,
+    }
+}
+
+/// The caller, a member of the namespace named in the path.
+#[derive(Debug, Clone)]
+pub struct CurrentMember {
+    pub account_id: String,
+    pub email: String,
+    pub namespace: NamespaceWithRole,
+}
+
+impl CurrentMember {
+    pub fn namespace_id(&self) -> &str {
+        &self.namespace.namespace.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.namespace.role
+    }
+
+    /// Fails with 403 unless the caller's role has `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if allows(self.role(), permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the {} role may not do this in this namespace",
+                self.role()
+            )))
+        }
+    }
+}
+
+impl FromRequest for CurrentMember {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let prelude = (|| {
+            let state = state(req)?;
+            let account_id = state.tokens.verify_access(bearer(req)?)?;
+            let namespace_id = req
+                .match_info()
+                .get("namespace_id")
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("route has no namespace_id")))?
+                .to_owned();
+            Ok::<_, ApiError>((state, account_id, namespace_id))
+        })();
+        Box::pin(async move {
+            let (state, account_id, namespace_id) = prelude?;
+            let mut conn = state.store.conn().await?;
+            let membership =
+                tally_store::namespaces::membership(&mut conn, &namespace_id, &account_id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("namespace"))?;
+            let account = tally_store::accounts::by_id(&mut conn, &account_id)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+            Ok(CurrentMember {
+                account_id,
+                email: account.email,
+                namespace: to_namespace(membership),
+            })
+        })
+    }
+}

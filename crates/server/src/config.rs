@@ -1,0 +1,126 @@
+//! Typed settings (O3): defaults < config file < `TALLY_*` environment < flags.
+//!
+//! Policy: every setting has a safe default, so `tally serve` with no
+//! configuration starts on SQLite under `./data`. Secrets (the JWT secret, a
+//! database URL that may hold a password) are `SecretString`, whose `Debug`
+//! prints `[REDACTED]`, so logging the settings never leaks them.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: String,
+    /// Where the SQLite database (and later backups) live.
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite:…`; empty means SQLite at `<data_dir>/tally.db`.
+    pub database_url: Option<SecretString>,
+    pub database_max_connections: u32,
+    /// The built SPA (trunk's dist folder), served at `/`.
+    pub static_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub auth: AuthSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_max_connections: 10,
+            static_dir: PathBuf::from("frontend/dist"),
+            log_format: LogFormat::Text,
+            auth: AuthSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// HMAC secret for access tokens. When unset, one is generated on first start
+    /// and kept in the database, so every instance on that database shares it.
+    pub jwt_secret: Option<SecretString>,
+    pub access_token_ttl_secs: i64,
+    pub refresh_token_ttl_secs: i64,
+    /// Argon2id cost. The defaults are OWASP's recommendation (19 MiB, t=2, p=1).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwt_secret: None,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub static_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads settings from an optional TOML file, the environment and flags.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, figment::Error> {
+        let mut fig = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        fig.merge(Env::prefixed("TALLY_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+    }
+
+    /// The database URL to connect to, after applying the SQLite default.
+    pub fn database_url(&self) -> std::io::Result<String> {
+        match &self.database_url {
+            Some(url) if !url.expose_secret().trim().is_empty() => {
+                Ok(url.expose_secret().trim().to_owned())
+            }
+            _ => {
+                std::fs::create_dir_all(&self.data_dir)?;
+                let dir = std::fs::canonicalize(&self.data_dir)?;
+                Ok(format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.join("tally.db").display()
+                ))
+            }
+        }
+    }
+}

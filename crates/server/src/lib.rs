@@ -1,0 +1,231 @@
+//! The Tally server: REST API, dashboard hosting and (later) the gateway.
+//!
+//! `Application::build` does everything `tally serve` does short of blocking:
+//! connect and migrate the database, load or create the signing secret, record
+//! the `startup` event, bind the listener (port 0 picks a free port). Tests use it
+//! the same way the binary does.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_files::{Files, NamedFile};
+use actix_web::dev::{fn_service, Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tally_common::Severity;
+use tally_store::events::NewEvent;
+use tally_store::{ConnectOptions, Store};
+use tracing_actix_web::TracingLogger;
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::{Passwords, Tokens};
+use crate::config::Settings;
+use crate::error::{extractors, ApiError};
+use crate::state::AppState;
+
+/// Largest JSON body the API accepts.
+const JSON_LIMIT: usize = 1024 * 1024;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let url = settings
+            .database_url()
+            .context("cannot create the data directory")?;
+        let store = Store::connect(&ConnectOptions {
+            url,
+            max_connections: settings.database_max_connections,
+        })
+        .await
+        .context("cannot connect to the database")?;
+        store.migrate().await.context("database migration failed")?;
+
+        let secret = match &settings.auth.jwt_secret {
+            Some(secret) if !secret.expose_secret().is_empty() => {
+                if secret.expose_secret().len() < 32 {
+                    tracing::warn!("auth.jwt_secret is shorter than 32 bytes; use a longer one");
+                }
+                secret.expose_secret().to_owned()
+            }
+            _ => {
+                let mut conn = store.conn().await?;
+                tally_store::settings::get_or_insert(
+                    &mut conn,
+                    "jwt_secret",
+                    &auth::tokens::generate_secret(),
+                )
+                .await?
+            }
+        };
+        let tokens = Tokens::new(
+            secret.as_bytes(),
+            settings.auth.access_token_ttl_secs,
+            settings.auth.refresh_token_ttl_secs,
+        );
+        let auth_settings = settings.auth.clone();
+        let passwords = tokio::task::spawn_blocking(move || Passwords::new(&auth_settings))
+            .await
+            .context("argon2 setup panicked")??;
+
+        {
+            let mut conn = store.conn().await?;
+            tally_store::events::insert(
+                &mut conn,
+                NewEvent {
+                    namespace_id: None,
+                    environment: None,
+                    kind: "startup",
+                    severity: Severity::Info,
+                    message: &format!(
+                        "Tally {} started on {}",
+                        env!("CARGO_PKG_VERSION"),
+                        store.backend().as_str()
+                    ),
+                    actor: Some("system"),
+                },
+            )
+            .await?;
+        }
+
+        let listener = TcpListener::bind(&settings.bind)
+            .with_context(|| format!("cannot listen on {}", settings.bind))?;
+        let addr = listener.local_addr()?;
+        let state = web::Data::new(AppState {
+            store,
+            tokens,
+            passwords,
+            settings: Arc::new(settings),
+            started_at: chrono::Utc::now(),
+            started: Instant::now(),
+        });
+        telemetry::metrics_handle();
+        let server = {
+            let state = state.clone();
+            HttpServer::new(move || app(state.clone()))
+                .listen(listener)?
+                .run()
+        };
+        tracing::info!(
+            backend = state.store.backend().as_str(),
+            "listening on http://{addr}"
+        );
+        Ok(Application {
+            port: addr.port(),
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// The whole HTTP application for one worker.
+fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let static_dir = state.settings.static_dir.clone();
+    let (app, api) = App::new()
+        .app_data(state)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(JSON_LIMIT)
+                .error_handler(extractors::json),
+        )
+        .app_data(web::PathConfig::default().error_handler(extractors::path))
+        .app_data(web::QueryConfig::default().error_handler(extractors::query))
+        .into_utoipa_app()
+        .openapi(openapi::base())
+        .configure(routes::configure)
+        .split_for_parts();
+    let mut app = app
+        .route("/metrics", web::get().to(routes::system::metrics))
+        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", api));
+    if static_dir.is_dir() {
+        let dir = static_dir.clone();
+        app = app.service(
+            Files::new("/", &static_dir)
+                .index_file("index.html")
+                .default_handler(fn_service(move |req: ServiceRequest| {
+                    let dir = dir.clone();
+                    async move {
+                        let (req, _) = req.into_parts();
+                        let res = spa_fallback(&req, &dir).await;
+                        Ok(ServiceResponse::new(req, res))
+                    }
+                })),
+        );
+    }
+    let dir = static_dir;
+    app.default_service(fn_service(move |req: ServiceRequest| {
+        let dir = dir.clone();
+        async move {
+            let (req, _) = req.into_parts();
+            let res = spa_fallback(&req, &dir).await;
+            Ok(ServiceResponse::new(req, res))
+        }
+    }))
+    .wrap(from_fn(telemetry::request_context))
+    .wrap(TracingLogger::default())
+}
+
+/// Unknown API paths get a JSON 404; any other GET gets the SPA's index.html so
+/// client-side routes (`/keys`, `/settings`) survive a reload.
+async fn spa_fallback(req: &HttpRequest, static_dir: &std::path::Path) -> HttpResponse {
+    let path = req.path();
+    let api_path = ["/api", "/v1", "/healthz", "/readyz", "/metrics"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    let is_get = req.method() == actix_web::http::Method::GET
+        || req.method() == actix_web::http::Method::HEAD;
+    if api_path || !is_get {
+        return ApiError::not_found(&format!("route {} {}", req.method(), path)).error_response();
+    }
+    let index: PathBuf = static_dir.join("index.html");
+    match NamedFile::open_async(&index).await {
+        Ok(file) => file.into_response(req),
+        Err(_) => HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(
+                "<!doctype html><title>Tally</title><h1>Tally</h1>\
+             <p>The API is running, but the dashboard has not been built. \
+             Run <code>cargo xtask run</code> to build and serve it, \
+             or see <a href=\"/api/docs/\">the API documentation</a>.</p>",
+            ),
+    }
+}

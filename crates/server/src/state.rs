@@ -1,0 +1,25 @@
+//! Shared application state, handed to handlers as `web::Data<AppState>`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tally_store::Store;
+
+use crate::auth::{Passwords, Tokens};
+use crate::config::Settings;
+
+pub struct AppState {
+    pub store: Store,
+    pub tokens: Tokens,
+    pub passwords: Passwords,
+    pub settings: Arc<Settings>,
+    pub started_at: DateTime<Utc>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn uptime_seconds(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX)
+    }
+}

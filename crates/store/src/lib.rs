@@ -1,0 +1,180 @@
+//! Tally storage: one interface over SQLite (the embedded default) and PostgreSQL.
+//!
+//! Policy:
+//! - The backend is chosen once, at startup, from the database URL. Both run through
+//!   sqlx's `Any` driver with the same query text wherever the dialects agree
+//!   (`$N` placeholders, `RETURNING`, `ON CONFLICT`); the few differences stay in
+//!   this crate, never in handlers.
+//! - Only portable column types: `TEXT` and 64-bit integers. Times are Unix
+//!   milliseconds (UTC), money is integer micro-credits. Aggregates are cast to
+//!   `BIGINT` because PostgreSQL's `SUM(bigint)` is `NUMERIC`.
+//! - Callers own transactions: store functions take `&mut AnyConnection`, so a
+//!   handler composes several of them inside one `Store::begin()` transaction.
+
+pub mod accounts;
+pub mod events;
+pub mod namespaces;
+pub mod sessions;
+pub mod settings;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use sqlx::{self, Any, AnyConnection, Transaction};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated (e.g. an email already registered).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("unsupported database URL (expected sqlite: or postgres:)")]
+    UnsupportedUrl,
+    #[error(transparent)]
+    Database(sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_owned())
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The connection pool and the backend it talks to. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Options for [`Store::connect`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Store {
+    /// Connects to the database named by the URL. SQLite files are created when
+    /// missing and run in WAL mode with a busy timeout, so concurrent writers wait
+    /// instead of failing.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(&opts.url).ok_or(StoreError::UnsupportedUrl)?;
+        let connect_opts = AnyConnectOptions::from_str(&opts.url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_opts)
+            .await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Applies the migrations of this backend that have not run yet.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a transaction; commit it or it rolls back when dropped.
+    ///
+    /// On SQLite the transaction takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads and then writes fails at
+    /// once with "database is locked" when another writer got in between,
+    /// whereas an immediate one waits for its turn (busy timeout).
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// A pooled connection for reads that need no transaction.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A new time-ordered id with a readable prefix, e.g. `ns_0190c3…`.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}

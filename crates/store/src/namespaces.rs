@@ -1,0 +1,279 @@
+//! Namespaces, memberships and invitations. Roles are stored as their
+//! snake_case names; the role rules themselves live in the server.
+
+use sqlx::{AnyConnection, Row};
+use tally_common::Role;
+
+use crate::{new_id, now_ms, Result, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct NamespaceRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub namespace: NamespaceRow,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberRow {
+    pub account_id: String,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvitationRow {
+    pub id: String,
+    pub namespace_id: String,
+    pub email: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+fn role(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or_else(|| {
+        StoreError::Database(sqlx::Error::Decode(
+            format!("unknown role {s:?} in database").into(),
+        ))
+    })
+}
+
+pub async fn insert(conn: &mut AnyConnection, name: &str) -> Result<NamespaceRow> {
+    let row = NamespaceRow {
+        id: new_id("ns"),
+        name: name.to_owned(),
+        created_at: now_ms(),
+    };
+    sqlx::query("INSERT INTO namespaces (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(row.created_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(row)
+}
+
+pub async fn rename(conn: &mut AnyConnection, id: &str, name: &str) -> Result<()> {
+    sqlx::query("UPDATE namespaces SET name = $1 WHERE id = $2")
+        .bind(name)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks the namespace row until the transaction ends, serialising changes
+/// that must see each other (e.g. the rule that a namespace keeps one owner).
+/// A no-op `UPDATE` takes a row lock on PostgreSQL and the write lock on SQLite.
+/// Returns false when the namespace does not exist.
+pub async fn lock(conn: &mut AnyConnection, id: &str) -> Result<bool> {
+    let res = sqlx::query("UPDATE namespaces SET name = name WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Inserts or replaces a membership.
+pub async fn upsert_member(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    account_id: &str,
+    role: Role,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO memberships (namespace_id, account_id, role, created_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (namespace_id, account_id) DO UPDATE SET role = excluded.role",
+    )
+    .bind(namespace_id)
+    .bind(account_id)
+    .bind(role.as_str())
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn remove_member(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    account_id: &str,
+) -> Result<bool> {
+    let res = sqlx::query("DELETE FROM memberships WHERE namespace_id = $1 AND account_id = $2")
+        .bind(namespace_id)
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(res.rows_affected() > 0)
+}
+
+/// The caller's membership in one namespace, or `None` when not a member
+/// (which callers must report exactly like a namespace that does not exist).
+pub async fn membership(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    account_id: &str,
+) -> Result<Option<MembershipRow>> {
+    let row = sqlx::query(
+        "SELECT n.id, n.name, n.created_at, m.role FROM memberships m \
+         JOIN namespaces n ON n.id = m.namespace_id \
+         WHERE m.namespace_id = $1 AND m.account_id = $2",
+    )
+    .bind(namespace_id)
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| membership_from_row(&r)).transpose()
+}
+
+fn membership_from_row(r: &sqlx::any::AnyRow) -> Result<MembershipRow> {
+    Ok(MembershipRow {
+        namespace: NamespaceRow {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            created_at: r.try_get("created_at")?,
+        },
+        role: role(r.try_get::<&str, _>("role")?)?,
+    })
+}
+
+/// All namespaces of an account, oldest first.
+pub async fn memberships_of(
+    conn: &mut AnyConnection,
+    account_id: &str,
+) -> Result<Vec<MembershipRow>> {
+    let rows = sqlx::query(
+        "SELECT n.id, n.name, n.created_at, m.role FROM memberships m \
+         JOIN namespaces n ON n.id = m.namespace_id \
+         WHERE m.account_id = $1 ORDER BY n.created_at, n.id",
+    )
+    .bind(account_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(membership_from_row).collect()
+}
+
+pub async fn members(conn: &mut AnyConnection, namespace_id: &str) -> Result<Vec<MemberRow>> {
+    let rows = sqlx::query(
+        "SELECT a.id, a.email, a.display_name, m.role, m.created_at FROM memberships m \
+         JOIN accounts a ON a.id = m.account_id \
+         WHERE m.namespace_id = $1 ORDER BY m.created_at, a.email",
+    )
+    .bind(namespace_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(MemberRow {
+                account_id: r.try_get("id")?,
+                email: r.try_get("email")?,
+                display_name: r.try_get("display_name")?,
+                role: role(r.try_get::<&str, _>("role")?)?,
+                joined_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn count_owners(conn: &mut AnyConnection, namespace_id: &str) -> Result<i64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM memberships WHERE namespace_id = $1 AND role = 'owner'",
+    )
+    .bind(namespace_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n)
+}
+
+/// Creates or updates the invitation of an email to a namespace.
+pub async fn upsert_invitation(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    email: &str,
+    role: Role,
+    invited_by: &str,
+) -> Result<InvitationRow> {
+    let id = new_id("inv");
+    let now = now_ms();
+    let row = sqlx::query(
+        "INSERT INTO invitations (id, namespace_id, email, role, invited_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (namespace_id, email) DO UPDATE SET role = excluded.role \
+         RETURNING id, created_at",
+    )
+    .bind(&id)
+    .bind(namespace_id)
+    .bind(email)
+    .bind(role.as_str())
+    .bind(invited_by)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(InvitationRow {
+        id: row.try_get("id")?,
+        namespace_id: namespace_id.to_owned(),
+        email: email.to_owned(),
+        role,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn invitation_from_row(r: &sqlx::any::AnyRow) -> Result<InvitationRow> {
+    Ok(InvitationRow {
+        id: r.try_get("id")?,
+        namespace_id: r.try_get("namespace_id")?,
+        email: r.try_get("email")?,
+        role: role(r.try_get::<&str, _>("role")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+pub async fn invitations(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+) -> Result<Vec<InvitationRow>> {
+    let rows = sqlx::query(
+        "SELECT id, namespace_id, email, role, created_at FROM invitations \
+         WHERE namespace_id = $1 ORDER BY created_at, email",
+    )
+    .bind(namespace_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(invitation_from_row).collect()
+}
+
+/// Removes and returns every invitation addressed to an email (on sign-up).
+pub async fn take_invitations_for(
+    conn: &mut AnyConnection,
+    email: &str,
+) -> Result<Vec<InvitationRow>> {
+    let rows = sqlx::query(
+        "DELETE FROM invitations WHERE email = $1 \
+         RETURNING id, namespace_id, email, role, created_at",
+    )
+    .bind(email)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(invitation_from_row).collect()
+}
+
+pub async fn delete_invitation(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    invitation_id: &str,
+) -> Result<bool> {
+    let res = sqlx::query("DELETE FROM invitations WHERE namespace_id = $1 AND id = $2")
+        .bind(namespace_id)
+        .bind(invitation_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(res.rows_affected() > 0)
+}
