@@ -91,20 +91,24 @@ pub struct Overrides {
 
 impl Settings {
     /// Loads settings from an optional TOML file, the environment and flags.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, figment::Error> {
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Settings, Box<figment::Error>> {
         let mut fig = Figment::new();
         if let Some(file) = file {
             if !file.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "config file {} does not exist",
                     file.display()
-                )));
+                ))));
             }
             fig = fig.merge(Toml::file(file));
         }
         fig.merge(Env::prefixed("TALLY_").split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
+            .map_err(Box::new)
     }
 
     /// The database URL to connect to, after applying the SQLite default.

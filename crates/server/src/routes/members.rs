@@ -115,6 +115,7 @@ pub async fn list(
     responses(
         (status = 201, body = AddMemberResponse),
         (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "already a member", body = ErrorBody),
@@ -194,6 +195,7 @@ pub async fn add(
     request_body = UpdateMemberRequest,
     responses(
         (status = 200, body = Member),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
@@ -247,6 +249,7 @@ pub async fn update(
     ),
     responses(
         (status = 204, description = "removed"),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
@@ -294,6 +297,7 @@ pub async fn remove(
     ),
     responses(
         (status = 204, description = "withdrawn"),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     )

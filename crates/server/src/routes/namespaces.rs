@@ -101,6 +101,7 @@ pub async fn get(member: CurrentMember) -> web::Json<NamespaceWithRole> {
     responses(
         (status = 200, body = NamespaceWithRole),
         (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     )

@@ -1,0 +1,312 @@
+//! Test harness: a real server on port 0 over a fresh database per test.
+//!
+//! Every test body takes a `Backend` and runs twice through `backend_tests!`:
+//! on a new SQLite file and on a new PostgreSQL database (created on the server
+//! named by `TALLY_TEST_DATABASE_URL`, dropped when the test ends). Without that
+//! variable the PostgreSQL variants say so on stderr and pass locally; under CI
+//! (`CI` set) its absence fails them, so they can never be skipped silently there.
+
+use std::path::PathBuf;
+
+use reqwest::{Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tally_common::{AuthResponse, ErrorBody, ErrorCode};
+use tally_server::config::Settings;
+use tally_server::Application;
+use tally_store::sqlx::{self, Connection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed `async fn name(backend: Backend)` on both backends, as
+/// `sqlite::name` and `postgres::name`.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::postgres_enabled() {
+                        super::$name($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use backend_tests;
+
+const PG_ENV: &str = "TALLY_TEST_DATABASE_URL";
+
+/// Whether the PostgreSQL variants run. Fails under CI when they cannot.
+pub fn postgres_enabled() -> bool {
+    match std::env::var(PG_ENV) {
+        Ok(url) if !url.is_empty() => true,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{PG_ENV} must be set under CI: PostgreSQL tests may not be skipped")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED on PostgreSQL: set {PG_ENV}=postgres://postgres@127.0.0.1:5432/test"
+            );
+            false
+        }
+    }
+}
+
+/// Swaps the database name in a PostgreSQL URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let prefix = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{db}?{q}"),
+        None => format!("{prefix}/{db}"),
+    }
+}
+
+/// A throwaway database that lives as long as the test.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: Option<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> TestDatabase {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => TestDatabase {
+                url: format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("tally.db").display()
+                ),
+                admin_url: String::new(),
+                name: None,
+                dir,
+            },
+            Backend::Postgres => {
+                let admin_url = std::env::var(PG_ENV).expect("postgres url");
+                let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .expect("connect to the PostgreSQL test server");
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                conn.close().await.ok();
+                TestDatabase {
+                    url: with_database(&admin_url, &name),
+                    admin_url,
+                    name: Some(name),
+                    dir,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else { return };
+        let admin_url = self.admin_url.clone();
+        // Async work cannot run in Drop; a short-lived runtime on its own thread can.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    pub store: tally_store::Store,
+}
+
+/// Settings for a test server on `db`: port 0, cheap Argon2id parameters.
+pub fn test_settings(db: &TestDatabase) -> Settings {
+    let mut settings = Settings {
+        bind: "127.0.0.1:0".into(),
+        data_dir: db.dir.path().to_path_buf(),
+        database_url: Some(db.url.clone().into()),
+        database_max_connections: 5,
+        static_dir: PathBuf::from("/nonexistent-static-dir"),
+        ..Settings::default()
+    };
+    // Still Argon2id; only the cost is lowered so the suite stays quick.
+    settings.auth.argon2_memory_kib = 1024;
+    settings.auth.argon2_iterations = 1;
+    settings
+}
+
+pub async fn start(settings: Settings) -> (String, tally_store::Store) {
+    let app = Application::build(settings).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store().clone();
+    tokio::spawn(app.run_until_stopped());
+    (address, store)
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    let (address, store) = start(test_settings(&db)).await;
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        store,
+    }
+}
+
+/// A signed-up account: its tokens and personal namespace.
+pub struct User {
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub refresh_token: String,
+    pub account_id: String,
+    pub namespace_id: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        let mut req = self.client.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn signup(&self, name: &str) -> User {
+        let email = format!(
+            "{name}-{}@example.com",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let password = "correct horse battery".to_owned();
+        let res = self
+            .post(
+                "/api/v1/auth/signup",
+                None,
+                json!({"email": email, "password": password, "display_name": name}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let auth: AuthResponse = res.json().await.expect("auth body");
+        let me: Value = self
+            .get("/api/v1/me", Some(&auth.access_token))
+            .await
+            .json()
+            .await
+            .expect("me body");
+        User {
+            email,
+            password,
+            token: auth.access_token,
+            refresh_token: auth.refresh_token,
+            account_id: auth.account.id,
+            namespace_id: me["namespaces"][0]["id"]
+                .as_str()
+                .expect("namespace id")
+                .to_owned(),
+        }
+    }
+
+    /// Adds `user` to `owner`'s namespace with `role`.
+    pub async fn add_member(&self, owner: &User, user: &User, role: &str) {
+        let res = self
+            .post(
+                &format!("/api/v1/namespaces/{}/members", owner.namespace_id),
+                Some(&owner.token),
+                json!({"email": user.email, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "add member");
+    }
+}
+
+/// Asserts an error response: status, JSON body with the code, a request id
+/// equal to the `X-Request-Id` header.
+pub async fn assert_error(res: Response, status: StatusCode, code: ErrorCode) -> ErrorBody {
+    assert_eq!(res.status(), status, "status");
+    let header = res
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body: ErrorBody = res.json().await.expect("error body is JSON");
+    assert_eq!(body.error.code, code, "error code ({})", body.error.message);
+    assert!(body.error.request_id.is_some(), "request id in body");
+    assert_eq!(
+        body.error.request_id, header,
+        "body and header request ids agree"
+    );
+    body
+}
+
+pub async fn json<T: DeserializeOwned>(res: Response, status: StatusCode) -> T {
+    assert_eq!(res.status(), status, "status");
+    res.json().await.expect("JSON body")
+}

@@ -1,0 +1,12 @@
+//! HTTP integration tests; see `helpers` for how each runs on both backends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod events;
+mod members;
+mod namespaces;
+mod openapi;
+mod system;
