@@ -128,3 +128,65 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_environment_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tally.toml",
+                r#"
+                    bind = "0.0.0.0:9000"
+                    data_dir = "from-file"
+                    [auth]
+                    access_token_ttl_secs = 60
+                    jwt_secret = "file-secret-file-secret-file-secret"
+                "#,
+            )?;
+            jail.set_env("TALLY_DATA_DIR", "from-env");
+            jail.set_env("TALLY_AUTH__REFRESH_TOKEN_TTL_SECS", "120");
+            let flags = Overrides {
+                bind: Some("127.0.0.1:7000".into()),
+                ..Overrides::default()
+            };
+            let s = Settings::load(Some(Path::new("tally.toml")), &flags).map_err(|e| *e)?;
+            assert_eq!(s.bind, "127.0.0.1:7000", "flag beats file");
+            assert_eq!(s.data_dir, PathBuf::from("from-env"), "env beats file");
+            assert_eq!(s.auth.access_token_ttl_secs, 60, "file beats default");
+            assert_eq!(s.auth.refresh_token_ttl_secs, 120);
+            assert_eq!(s.static_dir, PathBuf::from("frontend/dist"), "default");
+            // Secrets never show in Debug output.
+            let debug = format!("{s:?}");
+            assert!(!debug.contains("file-secret"), "{debug}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_not_a_silent_default() {
+        let err = Settings::load(
+            Some(Path::new("/nonexistent/tally.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn without_a_database_url_sqlite_in_the_data_dir_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings {
+            data_dir: dir.path().join("nested"),
+            ..Settings::default()
+        };
+        let url = s.database_url().unwrap();
+        assert!(url.starts_with("sqlite://"), "{url}");
+        assert!(url.ends_with("nested/tally.db?mode=rwc"), "{url}");
+        assert!(dir.path().join("nested").is_dir());
+    }
+}
