@@ -10,12 +10,14 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod keys;
 pub mod namespaces;
 pub mod status;
 
 pub use auth::*;
 pub use error::*;
 pub use events::*;
+pub use keys::*;
 pub use namespaces::*;
 pub use status::*;
 

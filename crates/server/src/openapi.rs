@@ -23,6 +23,7 @@ use utoipa_actix_web::AppExt;
         (name = "namespaces", description = "Namespaces: the unit of billing and isolation"),
         (name = "members", description = "Members, roles and invitations"),
         (name = "events", description = "The event log (D4)"),
+        (name = "keys", description = "API keys for the gateway (K1-K7)"),
     )
 )]
 struct ApiDoc;

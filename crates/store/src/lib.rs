@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod events;
+pub mod keys;
 pub mod namespaces;
 pub mod sessions;
 pub mod settings;

@@ -102,8 +102,17 @@ impl Tokens {
 /// The stored form of a refresh token: hex SHA-256. A fast hash is right here
 /// because the token is 256 random bits, not a guessable password.
 pub fn hash_refresh_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(token)
+}
+
+/// Hex SHA-256 of a high-entropy secret (refresh tokens, API key secrets).
+pub fn sha256_hex(secret: &str) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// A fresh random secret for signing access tokens, when none is configured.

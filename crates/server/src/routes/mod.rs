@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod keys;
 pub mod me;
 pub mod members;
 pub mod namespaces;
@@ -36,7 +37,14 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(members::update)
                 .service(members::remove)
                 .service(members::delete_invitation)
-                .service(events::list),
+                .service(events::list)
+                .service(keys::create)
+                .service(keys::list)
+                .service(keys::get)
+                .service(keys::update)
+                .service(keys::rotate)
+                .service(keys::revoke)
+                .service(keys::audit),
         );
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod events;
+mod keys;
 mod members;
 mod namespaces;
 mod openapi;
