@@ -832,10 +832,11 @@ Working on the dashboard with live reload:
 
   2. Serve the dashboard with Trunk, in another terminal at the repository root:
          cargo xtask setup --no-e2e     # once: wasm target, trunk, wasm-bindgen, wasm-opt
-         trunk serve --port 8081 --offline
+         trunk serve
 
-  3. Open http://127.0.0.1:8081. Trunk rebuilds on every change in frontend/ and
-     proxies /api, /v1, /healthz and /readyz to the server on 8080 (see Trunk.toml).
+  3. Open http://127.0.0.1:8081 (the port is set in Trunk.toml). Trunk rebuilds on every
+     change in frontend/ and proxies /api, /v1, /healthz, /readyz and /metrics to the
+     server on 8080.
 "
     );
 }
