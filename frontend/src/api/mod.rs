@@ -1,0 +1,273 @@
+//! The one typed client of the Tally REST API.
+//!
+//! Every call returns `Result<T, ApiError>` over the DTOs of `tally-common`.
+//! Tokens live in `localStorage`; an expired access token is refreshed once
+//! (refresh tokens rotate) and the call retried. When the session cannot be
+//! renewed the stored session is cleared and the app returns to the login page.
+
+use gloo_net::http::{Request, RequestBuilder, Response};
+use gloo_storage::{LocalStorage, Storage};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tally_common::*;
+
+const TOKENS_KEY: &str = "tally.tokens";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub account: Account,
+}
+
+pub fn stored_tokens() -> Option<Tokens> {
+    LocalStorage::get(TOKENS_KEY).ok()
+}
+
+fn store_tokens(auth: &AuthResponse) -> Tokens {
+    let tokens = Tokens {
+        access_token: auth.access_token.clone(),
+        refresh_token: auth.refresh_token.clone(),
+        account: auth.account.clone(),
+    };
+    let _ = LocalStorage::set(TOKENS_KEY, &tokens);
+    tokens
+}
+
+pub fn clear_tokens() {
+    LocalStorage::delete(TOKENS_KEY);
+}
+
+/// An error from the API (its stable `code` and message) or from the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    fn network(e: impl std::fmt::Display) -> Self {
+        ApiError {
+            status: 0,
+            code: "network".into(),
+            message: format!("cannot reach the server: {e}"),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+fn builder(method: Method, path: &str) -> RequestBuilder {
+    match method {
+        Method::Get => Request::get(path),
+        Method::Post => Request::post(path),
+        Method::Patch => Request::patch(path),
+        Method::Delete => Request::delete(path),
+    }
+}
+
+async fn send(
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: Option<&str>,
+) -> ApiResult<Response> {
+    let mut req = builder(method, path);
+    if let Some(token) = token {
+        req = req.header("Authorization", &format!("Bearer {token}"));
+    }
+    let res = match body {
+        Some(body) => req.json(body).map_err(ApiError::network)?.send().await,
+        None => req.send().await,
+    };
+    res.map_err(ApiError::network)
+}
+
+async fn error_of(res: Response) -> ApiError {
+    let status = res.status();
+    match res.json::<ErrorBody>().await {
+        Ok(body) => ApiError {
+            status,
+            code: body.error.code.as_str().to_owned(),
+            message: body.error.message,
+        },
+        Err(_) => ApiError {
+            status,
+            code: "http".into(),
+            message: format!("the server answered {status}"),
+        },
+    }
+}
+
+async fn decode<T: DeserializeOwned>(res: Response) -> ApiResult<T> {
+    if res.ok() {
+        if res.status() == 204 {
+            return serde_json::from_value(serde_json::Value::Null)
+                .map_err(|e| ApiError::network(format!("unexpected empty response: {e}")));
+        }
+        res.json::<T>()
+            .await
+            .map_err(|e| ApiError::network(format!("unexpected response: {e}")))
+    } else {
+        Err(error_of(res).await)
+    }
+}
+
+/// A call that needs the signed-in account.
+async fn authed<T: DeserializeOwned>(
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> ApiResult<T> {
+    let Some(tokens) = stored_tokens() else {
+        crate::state::session_ended();
+        return Err(ApiError {
+            status: 401,
+            code: "unauthorized".into(),
+            message: "please log in".into(),
+        });
+    };
+    let res = send(method, path, body.as_ref(), Some(&tokens.access_token)).await?;
+    if res.status() != 401 {
+        return decode(res).await;
+    }
+    // The access token expired (or was rejected): renew the session once.
+    let renewed = send(
+        Method::Post,
+        "/api/v1/auth/refresh",
+        Some(&serde_json::json!({ "refresh_token": tokens.refresh_token })),
+        None,
+    )
+    .await?;
+    if !renewed.ok() {
+        clear_tokens();
+        crate::state::session_ended();
+        return Err(error_of(renewed).await);
+    }
+    let auth: AuthResponse = decode(renewed).await?;
+    let tokens = store_tokens(&auth);
+    let res = send(method, path, body.as_ref(), Some(&tokens.access_token)).await?;
+    decode(res).await
+}
+
+fn to_value<T: Serialize>(v: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(v).ok()
+}
+
+// --- Accounts and sessions -------------------------------------------------
+
+pub async fn signup(req: &SignupRequest) -> ApiResult<Tokens> {
+    let res = send(
+        Method::Post,
+        "/api/v1/auth/signup",
+        to_value(req).as_ref(),
+        None,
+    )
+    .await?;
+    let auth: AuthResponse = decode(res).await?;
+    Ok(store_tokens(&auth))
+}
+
+pub async fn login(req: &LoginRequest) -> ApiResult<Tokens> {
+    let res = send(
+        Method::Post,
+        "/api/v1/auth/login",
+        to_value(req).as_ref(),
+        None,
+    )
+    .await?;
+    let auth: AuthResponse = decode(res).await?;
+    Ok(store_tokens(&auth))
+}
+
+/// Ends the session on the server (best effort) and forgets it here.
+pub async fn logout() {
+    if let Some(tokens) = stored_tokens() {
+        let body = serde_json::json!({ "refresh_token": tokens.refresh_token });
+        let _ = send(Method::Post, "/api/v1/auth/logout", Some(&body), None).await;
+    }
+    clear_tokens();
+}
+
+pub async fn me() -> ApiResult<Me> {
+    authed(Method::Get, "/api/v1/me", None).await
+}
+
+pub async fn status() -> ApiResult<ServerStatus> {
+    let res = send(Method::Get, "/api/v1/status", None, None).await?;
+    decode(res).await
+}
+
+// --- Namespaces and members ------------------------------------------------
+
+pub async fn create_namespace(name: &str) -> ApiResult<NamespaceWithRole> {
+    let body = to_value(&CreateNamespaceRequest { name: name.into() });
+    authed(Method::Post, "/api/v1/namespaces", body).await
+}
+
+pub async fn rename_namespace(ns: &str, name: &str) -> ApiResult<NamespaceWithRole> {
+    let body = to_value(&UpdateNamespaceRequest { name: name.into() });
+    authed(Method::Patch, &format!("/api/v1/namespaces/{ns}"), body).await
+}
+
+pub async fn members(ns: &str) -> ApiResult<MemberList> {
+    authed(
+        Method::Get,
+        &format!("/api/v1/namespaces/{ns}/members"),
+        None,
+    )
+    .await
+}
+
+pub async fn add_member(ns: &str, email: &str, role: Role) -> ApiResult<AddMemberResponse> {
+    let body = to_value(&AddMemberRequest {
+        email: email.into(),
+        role,
+    });
+    authed(
+        Method::Post,
+        &format!("/api/v1/namespaces/{ns}/members"),
+        body,
+    )
+    .await
+}
+
+pub async fn update_member(ns: &str, account_id: &str, role: Role) -> ApiResult<Member> {
+    let body = to_value(&UpdateMemberRequest { role });
+    let path = format!("/api/v1/namespaces/{ns}/members/{account_id}");
+    authed(Method::Patch, &path, body).await
+}
+
+pub async fn remove_member(ns: &str, account_id: &str) -> ApiResult<()> {
+    let path = format!("/api/v1/namespaces/{ns}/members/{account_id}");
+    authed(Method::Delete, &path, None).await
+}
+
+pub async fn withdraw_invitation(ns: &str, invitation_id: &str) -> ApiResult<()> {
+    let path = format!("/api/v1/namespaces/{ns}/invitations/{invitation_id}");
+    authed(Method::Delete, &path, None).await
+}
+
+// --- Event log ---------------------------------------------------------------
+
+pub async fn events(ns: &str, env: Environment, limit: u32) -> ApiResult<EventPage> {
+    let path = format!("/api/v1/namespaces/{ns}/events?environment={env}&limit={limit}");
+    authed(Method::Get, &path, None).await
+}

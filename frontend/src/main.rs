@@ -1,0 +1,56 @@
+//! The Tally dashboard: a Leptos client-side app served by `tally serve` at `/`.
+
+mod api;
+mod components;
+mod pages;
+mod state;
+
+use leptos::prelude::*;
+use leptos_router::components::{ParentRoute, Route, Router, Routes};
+use leptos_router::path;
+
+use crate::components::layout::Layout;
+use crate::pages::{auth, dashboard, placeholder::Placeholder, settings};
+
+#[component]
+fn App() -> impl IntoView {
+    provide_context(state::AppState::new());
+    view! {
+        <Router>
+            <Routes fallback=|| view! { <p class="content">"Page not found. " <a href="/">"Back to the dashboard"</a></p> }>
+                <Route path=path!("/login") view=auth::Login />
+                <Route path=path!("/signup") view=auth::Signup />
+                <ParentRoute path=path!("") view=Layout>
+                    <Route path=path!("") view=dashboard::Dashboard />
+                    <Route path=path!("settings") view=settings::Settings />
+                    <Route path=path!("keys") view=|| view! {
+                        <Placeholder title="Keys" text="Create test and live API keys, set their rate limits, quotas and allowed APIs, rotate and revoke them." />
+                    } />
+                    <Route path=path!("monitoring") view=|| view! {
+                        <Placeholder title="Monitoring" text="Request volume, error rate, latency percentiles and cost over time, with filters, breakdowns, a request log and exports." />
+                    } />
+                    <Route path=path!("finance") view=|| view! {
+                        <Placeholder title="Finance" text="Balances per environment, top-ups, the spending log, invoices, low-balance alerts and auto top-up." />
+                    } />
+                    <Route path=path!("catalog") view=|| view! {
+                        <Placeholder title="Catalog" text="Browse the APIs and models you can call through the gateway, with prices, tiers and test availability." />
+                    } />
+                    <Route path=path!("apis") view=|| view! {
+                        <Placeholder title="APIs" text="Register your own APIs, price them and earn credits when others call them." />
+                    } />
+                    <Route path=path!("subclouds") view=|| view! {
+                        <Placeholder title="Subclouds" text="Named pools of upstream nodes with reserved capacity and hourly hosting prices." />
+                    } />
+                    <Route path=path!("webhooks") view=|| view! {
+                        <Placeholder title="Webhooks" text="Signed webhook deliveries for job completion, low balance, quotas and key expiry, with retries and replay." />
+                    } />
+                </ParentRoute>
+            </Routes>
+        </Router>
+    }
+}
+
+fn main() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}

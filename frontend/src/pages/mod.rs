@@ -1,0 +1,4 @@
+pub mod auth;
+pub mod dashboard;
+pub mod placeholder;
+pub mod settings;
