@@ -1,0 +1,50 @@
+// Browser tests of the dashboard against a real `tally` server on a fresh SQLite file.
+// `cargo xtask test` sets TALLY_BIN, TALLY_STATIC_DIR and TALLY_E2E_PORT; the defaults
+// below let `npx playwright test` work after a debug build and `cargo xtask build-spa`.
+import { defineConfig } from '@playwright/test';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const root = path.resolve(__dirname, '..');
+const bin = path.resolve(process.env.TALLY_BIN ?? path.join(root, 'target/debug/tally'));
+const staticDir = path.resolve(process.env.TALLY_STATIC_DIR ?? path.join(root, 'frontend/dist'));
+const port = Number(process.env.TALLY_E2E_PORT ?? 20000 + Math.floor(Math.random() * 20000));
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tally-e2e-'));
+const baseURL = `http://127.0.0.1:${port}`;
+
+export default defineConfig({
+  testDir: './tests',
+  fullyParallel: false,
+  workers: 1,
+  retries: 0,
+  reporter: 'list',
+  timeout: 30_000,
+  expect: { timeout: 10_000 },
+  use: {
+    baseURL,
+    viewport: { width: 1300, height: 850 },
+    screenshot: 'only-on-failure',
+    launchOptions: {
+      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+        '--disable-quic',
+      ],
+    },
+  },
+  webServer: {
+    command: `"${bin}" serve --bind 127.0.0.1:${port} --data-dir "${dataDir}" --static-dir "${staticDir}"`,
+    url: `${baseURL}/readyz`,
+    timeout: 60_000,
+    reuseExistingServer: false,
+    stdout: 'ignore',
+    stderr: 'pipe',
+  },
+});
