@@ -1,7 +1,7 @@
 //! Developer tasks behind `cargo xtask …`.
 //!
 //! Policy: the two product commands, `cargo xtask run` and `cargo xtask test`, work on a fresh
-//! machine. They install what they need (Rust target, Trunk, wasm-bindgen-cli, wasm-opt, and for
+//! machine. They install what they need (Rust target, Trunk, wasm-bindgen-cli, and for
 //! the browser suite chromium and the e2e Node packages) and skip whatever is already there, so a
 //! second run costs only the checks. Every step is printed as `==> …` and the first failure stops
 //! the task with a message saying what failed and what to do about it.
@@ -267,7 +267,6 @@ fn setup(cx: &Ctx, what: Setup) -> Result<()> {
     ensure_wasm_target(cx)?;
     ensure_trunk(cx)?;
     ensure_wasm_bindgen(cx)?;
-    ensure_wasm_opt(cx)?;
     if what.browser {
         ensure_chromium(cx)?;
         ensure_node(cx)?;
@@ -383,35 +382,6 @@ fn cargo_install(cx: &Ctx, krate: &str, version: &str) -> Result<()> {
         .with_context(|| format!("cannot install {krate} {version}"))
 }
 
-fn ensure_wasm_opt(cx: &Ctx) -> Result<()> {
-    let pinned = trunk_tool_pin(cx, "wasm_opt")?;
-    let found = || {
-        cx.probe("wasm-opt", &["--version"])
-            .and_then(|out| wasm_opt_version(&out))
-    };
-    let version = match found() {
-        Some(version) => {
-            step(format!("wasm-opt {version}: installed"));
-            version
-        }
-        None => {
-            step("wasm-opt: not found; installing Debian package binaryen");
-            apt_install(cx, &["binaryen"])?;
-            found().context("binaryen was installed but `wasm-opt --version` does not work")?
-        }
-    };
-    if let Some(pinned) = pinned {
-        if pinned != version {
-            bail!(
-                "Trunk.toml pins wasm_opt = \"{pinned}\" but wasm-opt on PATH is {version}; \
-                 Trunk runs offline and cannot fetch another one. Put a matching wasm-opt \
-                 first on PATH or change the pin."
-            );
-        }
-    }
-    Ok(())
-}
-
 fn ensure_chromium(cx: &Ctx) -> Result<()> {
     if is_executable(Path::new(CHROMIUM)) {
         step(format!("chromium: {CHROMIUM}"));
@@ -512,17 +482,6 @@ fn apt_install(cx: &Ctx, packages: &[&str]) -> Result<()> {
 /// `trunk 0.21.14` -> `0.21.14`; `wasm-bindgen 0.2.130` -> `0.2.130`.
 fn second_word(output: &str) -> Option<String> {
     output.split_whitespace().nth(1).map(str::to_string)
-}
-
-/// `wasm-opt version 108 (version_108)` -> `version_108`, the form Trunk.toml pins.
-fn wasm_opt_version(output: &str) -> Option<String> {
-    let rest = output.split("version").nth(1)?;
-    let number: String = rest
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    (!number.is_empty()).then(|| format!("version_{number}"))
 }
 
 /// The value of `key = "value"` on one TOML line.
@@ -831,7 +790,7 @@ Working on the dashboard with live reload:
      (or `cargo xtask run`, which also builds the release dashboard first)
 
   2. Serve the dashboard with Trunk, in another terminal at the repository root:
-         cargo xtask setup --no-e2e     # once: wasm target, trunk, wasm-bindgen, wasm-opt
+         cargo xtask setup --no-e2e     # once: wasm target, trunk, wasm-bindgen
          trunk serve
 
   3. Open http://127.0.0.1:8081 (the port is set in Trunk.toml). Trunk rebuilds on every
@@ -864,23 +823,14 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
     #[test]
     fn parses_tool_version_output() {
         assert_eq!(second_word("trunk 0.21.14\n").as_deref(), Some("0.21.14"));
-        assert_eq!(
-            wasm_opt_version("wasm-opt version 108 (version_108)\n").as_deref(),
-            Some("version_108")
-        );
-        assert_eq!(
-            wasm_opt_version("wasm-opt version 123\n").as_deref(),
-            Some("version_123")
-        );
-        assert_eq!(wasm_opt_version("garbage"), None);
     }
 
     #[test]
     fn reads_a_toml_string_value() {
         assert_eq!(
-            toml_string(r#"wasm_opt = "version_108""#, "wasm_opt").as_deref(),
-            Some("version_108")
+            toml_string(r#"wasm_bindgen = "0.2.130""#, "wasm_bindgen").as_deref(),
+            Some("0.2.130")
         );
-        assert_eq!(toml_string(r#"wasm_opt_x = "1""#, "wasm_opt"), None);
+        assert_eq!(toml_string(r#"wasm_bindgen_x = "1""#, "wasm_bindgen"), None);
     }
 }
