@@ -10,7 +10,7 @@ use leptos_router::components::{ParentRoute, Route, Router, Routes};
 use leptos_router::path;
 
 use crate::components::layout::Layout;
-use crate::pages::{auth, dashboard, placeholder::Placeholder, settings};
+use crate::pages::{auth, dashboard, keys, placeholder::Placeholder, settings};
 
 #[component]
 fn App() -> impl IntoView {
@@ -23,9 +23,7 @@ fn App() -> impl IntoView {
                 <ParentRoute path=path!("") view=Layout>
                     <Route path=path!("") view=dashboard::Dashboard />
                     <Route path=path!("settings") view=settings::Settings />
-                    <Route path=path!("keys") view=|| view! {
-                        <Placeholder title="Keys" text="Create test and live API keys, set their rate limits, quotas and allowed APIs, rotate and revoke them." />
-                    } />
+                    <Route path=path!("keys") view=keys::Keys />
                     <Route path=path!("monitoring") view=|| view! {
                         <Placeholder title="Monitoring" text="Request volume, error rate, latency percentiles and cost over time, with filters, breakdowns, a request log and exports." />
                     } />

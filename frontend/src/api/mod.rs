@@ -271,3 +271,40 @@ pub async fn events(ns: &str, env: Environment, limit: u32) -> ApiResult<EventPa
     let path = format!("/api/v1/namespaces/{ns}/events?environment={env}&limit={limit}");
     authed(Method::Get, &path, None).await
 }
+
+// --- API keys -----------------------------------------------------------------
+
+pub async fn keys(ns: &str, env: Environment, status: Option<KeyStatus>) -> ApiResult<KeyList> {
+    let mut path = format!("/api/v1/namespaces/{ns}/keys?environment={env}");
+    if let Some(status) = status {
+        path.push_str(&format!("&status={}", status.as_str()));
+    }
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn create_key(ns: &str, req: &CreateKeyRequest) -> ApiResult<CreatedKey> {
+    authed(
+        Method::Post,
+        &format!("/api/v1/namespaces/{ns}/keys"),
+        to_value(req),
+    )
+    .await
+}
+
+pub async fn rotate_key(ns: &str, key_id: &str, grace_seconds: i64) -> ApiResult<CreatedKey> {
+    let body = to_value(&RotateKeyRequest {
+        grace_seconds: Some(grace_seconds),
+    });
+    let path = format!("/api/v1/namespaces/{ns}/keys/{key_id}/rotate");
+    authed(Method::Post, &path, body).await
+}
+
+pub async fn revoke_key(ns: &str, key_id: &str) -> ApiResult<ApiKey> {
+    let path = format!("/api/v1/namespaces/{ns}/keys/{key_id}/revoke");
+    authed(Method::Post, &path, Some(serde_json::json!({}))).await
+}
+
+pub async fn key_audit(ns: &str, key_id: &str) -> ApiResult<KeyAudit> {
+    let path = format!("/api/v1/namespaces/{ns}/keys/{key_id}/audit");
+    authed(Method::Get, &path, None).await
+}

@@ -15,7 +15,7 @@ use crate::state::use_app;
 
 const AREAS: [(&str, &str, bool); 10] = [
     ("/", "Dashboard", true),
-    ("/keys", "Keys", false),
+    ("/keys", "Keys", true),
     ("/monitoring", "Monitoring", false),
     ("/finance", "Finance", false),
     ("/catalog", "Catalog", false),

@@ -1,4 +1,5 @@
 pub mod auth;
 pub mod dashboard;
+pub mod keys;
 pub mod placeholder;
 pub mod settings;

@@ -75,6 +75,12 @@ impl AppState {
         self.namespaces.set(list);
     }
 
+    /// Developers, admins and owners manage keys.
+    pub fn can_develop(&self) -> bool {
+        self.current()
+            .is_some_and(|n| matches!(n.role, Role::Owner | Role::Admin | Role::Developer))
+    }
+
     pub fn can_manage(&self) -> bool {
         self.current()
             .is_some_and(|n| matches!(n.role, Role::Owner | Role::Admin))
