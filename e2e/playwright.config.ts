@@ -2,6 +2,7 @@
 // `cargo xtask test` sets TALLY_BIN, TALLY_STATIC_DIR and TALLY_E2E_PORT; the defaults
 // below let `npx playwright test` work after a debug build and `cargo xtask build-spa`.
 import { defineConfig } from '@playwright/test';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,8 +10,24 @@ import * as path from 'node:path';
 const root = path.resolve(__dirname, '..');
 const bin = path.resolve(process.env.TALLY_BIN ?? path.join(root, 'target/debug/tally'));
 const staticDir = path.resolve(process.env.TALLY_STATIC_DIR ?? path.join(root, 'frontend/dist'));
-const port = Number(process.env.TALLY_E2E_PORT ?? 20000 + Math.floor(Math.random() * 20000));
-const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tally-e2e-'));
+
+// Playwright evaluates this file again in every worker process: the port and data directory are
+// chosen once, in the runner, and handed to the workers (which inherit its environment), so
+// the tests talk to the server that `webServer` started.
+if (!process.env.TALLY_E2E_PORT) {
+  // A free port, asked of the OS synchronously (the config cannot await).
+  process.env.TALLY_E2E_PORT = execFileSync(process.execPath, [
+    '-e',
+    "const s = require('node:net').createServer(); s.listen(0, '127.0.0.1', () => { process.stdout.write(String(s.address().port)); s.close(); });",
+  ])
+    .toString()
+    .trim();
+}
+if (!process.env.TALLY_E2E_DATA_DIR) {
+  process.env.TALLY_E2E_DATA_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'tally-e2e-'));
+}
+const port = Number(process.env.TALLY_E2E_PORT);
+const dataDir = process.env.TALLY_E2E_DATA_DIR;
 const baseURL = `http://127.0.0.1:${port}`;
 
 export default defineConfig({
