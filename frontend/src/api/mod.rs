@@ -102,13 +102,21 @@ async fn send(
 
 async fn error_of(res: Response) -> ApiError {
     let status = res.status();
-    match res.json::<ErrorBody>().await {
-        Ok(body) => ApiError {
+    // Read the code as a plain string so codes added by a newer server still
+    // come through with their message.
+    let body = res.json::<serde_json::Value>().await.ok();
+    let field = |name: &str| {
+        body.as_ref()
+            .and_then(|b| b["error"][name].as_str())
+            .map(str::to_owned)
+    };
+    match (field("code"), field("message")) {
+        (Some(code), Some(message)) => ApiError {
             status,
-            code: body.error.code.as_str().to_owned(),
-            message: body.error.message,
+            code,
+            message,
         },
-        Err(_) => ApiError {
+        _ => ApiError {
             status,
             code: "http".into(),
             message: format!("the server answered {status}"),
