@@ -211,6 +211,60 @@ fn exec(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// Test counts read from the runners' own summaries, for the closing line.
+#[derive(Debug, Default, PartialEq)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+}
+
+impl Counts {
+    /// Reads `test result: ok. 76 passed; 0 failed; …` (cargo test) and
+    /// `  8 passed (12.4s)` / `  1 failed` (Playwright's list reporter).
+    fn scan(&mut self, line: &str) {
+        let line = line.trim();
+        let number_before = |word: &str| -> Option<u64> {
+            let at = line.find(word)?;
+            line[..at].split_whitespace().last()?.parse().ok()
+        };
+        if line.starts_with("test result:") {
+            self.passed += number_before(" passed").unwrap_or(0);
+            self.failed += number_before(" failed").unwrap_or(0);
+        } else if line.split_whitespace().nth(1) == Some("passed") {
+            self.passed += number_before(" passed").unwrap_or(0);
+        } else if line.split_whitespace().nth(1) == Some("failed") {
+            self.failed += number_before(" failed").unwrap_or(0);
+        }
+    }
+}
+
+/// Like `exec`, but echoes the command's standard output while adding up the
+/// test counts it reports.
+fn exec_counting(cmd: &mut Command, counts: &mut Counts) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = show(cmd);
+    note(format!("$ {shown}"));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.with_context(|| format!("cannot read the output of `{shown}`"))?;
+            println!("{line}");
+            counts.scan(&line);
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("`{shown}` did not finish"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("`{shown}` failed ({})", describe(status))
+    }
+}
+
 fn describe(status: std::process::ExitStatus) -> String {
     match status.code() {
         Some(code) => format!("exit status {code}"),
@@ -646,6 +700,7 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
     }
 
     let mut report = Report::new();
+    let mut counts = Counts::default();
     report.run("setup", || setup(cx, Setup { browser: e2e }))?;
     if lint {
         report.run("rustfmt", || {
@@ -680,9 +735,10 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
         "SQLite only; set TALLY_TEST_DATABASE_URL for PostgreSQL"
     };
     report.run(&format!("cargo test ({databases})"), || {
-        exec(
+        exec_counting(
             cx.cargo()
                 .args(["test", "--workspace", "--exclude", FRONTEND_PACKAGE]),
+            &mut counts,
         )
     })?;
     if e2e {
@@ -696,13 +752,14 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
         report.run("browser suite (playwright)", || {
             let port = free_port()?;
             note(format!("TALLY_E2E_PORT={port}"));
-            exec(
+            exec_counting(
                 cx.cmd("npx")
                     .args(["playwright", "test"])
                     .current_dir(cx.root.join("e2e"))
                     .env("TALLY_BIN", cx.root.join("target/debug/tally"))
                     .env("TALLY_STATIC_DIR", static_dir(cx))
                     .env("TALLY_E2E_PORT", port.to_string()),
+                &mut counts,
             )
         })?;
     }
@@ -727,6 +784,8 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
         "all tests passed in {}{skipped}",
         minutes(report.started.elapsed())
     ));
+    // The plain closing line CI systems read.
+    println!("{} passed, {} failed", counts.passed, counts.failed);
     Ok(())
 }
 
@@ -823,6 +882,28 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
     #[test]
     fn parses_tool_version_output() {
         assert_eq!(second_word("trunk 0.21.14\n").as_deref(), Some("0.21.14"));
+    }
+
+    #[test]
+    fn adds_up_cargo_and_playwright_counts() {
+        let mut counts = Counts::default();
+        for line in [
+            "test result: ok. 76 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 0 passed; 0 failed; 0 ignored",
+            "  ✓  1 tests/keys.spec.ts:3:1 › a key passed the check (1.8s)",
+            "  8 passed (12.4s)",
+            "  2 failed",
+            "running 3 tests",
+        ] {
+            counts.scan(line);
+        }
+        assert_eq!(
+            counts,
+            Counts {
+                passed: 84,
+                failed: 2
+            }
+        );
     }
 
     #[test]
