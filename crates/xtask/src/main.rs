@@ -79,6 +79,7 @@ fn try_main() -> Result<ExitCode> {
         }
         "build-spa" => {
             Flags::parse(&rest, &[])?;
+            step("build dashboard (trunk build --release)");
             build_spa(&cx).map(|()| ExitCode::SUCCESS)
         }
         "openapi" => {
@@ -610,7 +611,6 @@ fn build_spa(cx: &Ctx) -> Result<()> {
     if !cx.root.join("Trunk.toml").is_file() {
         bail!("Trunk.toml not found at {}", cx.root.display());
     }
-    step("build dashboard (trunk build --release)");
     // Trunk runs cargo with --offline, so the crates must already be in the local cache.
     exec(cx.cargo().arg("fetch"))?;
     exec(
@@ -634,6 +634,7 @@ fn static_dir(cx: &Ctx) -> PathBuf {
 
 fn run(cx: &Ctx, args: &[String]) -> Result<ExitCode> {
     setup(cx, Setup { browser: false })?;
+    step("build dashboard (trunk build --release)");
     build_spa(cx)?;
     step("run Tally (Ctrl-C stops it)");
     let mut cmd = cx.cargo();
@@ -742,7 +743,7 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
         )
     })?;
     if e2e {
-        report.run("build dashboard", || build_spa(cx))?;
+        report.run("build dashboard (trunk build --release)", || build_spa(cx))?;
         report.run("build tally (debug)", || {
             exec(
                 cx.cargo()
