@@ -90,6 +90,14 @@ impl From<tally_store::StoreError> for ApiError {
     }
 }
 
+/// Errors of sqlx calls made directly by handlers (`tx.commit()`) convert the
+/// same way as store errors.
+impl From<tally_store::sqlx::Error> for ApiError {
+    fn from(e: tally_store::sqlx::Error) -> Self {
+        tally_store::StoreError::from(e).into()
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

@@ -177,31 +177,35 @@ fn app(
         .route("/metrics", web::get().to(routes::system::metrics))
         .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", api));
     if static_dir.is_dir() {
-        let dir = static_dir.clone();
         app = app.service(
             Files::new("/", &static_dir)
                 .index_file("index.html")
-                .default_handler(fn_service(move |req: ServiceRequest| {
-                    let dir = dir.clone();
-                    async move {
-                        let (req, _) = req.into_parts();
-                        let res = spa_fallback(&req, &dir).await;
-                        Ok(ServiceResponse::new(req, res))
-                    }
-                })),
+                .default_handler(fallback_service(static_dir.clone())),
         );
     }
-    let dir = static_dir;
-    app.default_service(fn_service(move |req: ServiceRequest| {
-        let dir = dir.clone();
+    app.default_service(fallback_service(static_dir))
+        .wrap(from_fn(telemetry::request_context))
+        .wrap(TracingLogger::default())
+}
+
+/// The service behind `spa_fallback`, for both the static files and the app.
+fn fallback_service(
+    static_dir: PathBuf,
+) -> impl actix_web::dev::ServiceFactory<
+    ServiceRequest,
+    Config = (),
+    Response = ServiceResponse,
+    Error = actix_web::Error,
+    InitError = (),
+> + 'static {
+    fn_service(move |req: ServiceRequest| {
+        let dir = static_dir.clone();
         async move {
             let (req, _) = req.into_parts();
             let res = spa_fallback(&req, &dir).await;
             Ok(ServiceResponse::new(req, res))
         }
-    }))
-    .wrap(from_fn(telemetry::request_context))
-    .wrap(TracingLogger::default())
+    })
 }
 
 /// Unknown API paths get a JSON 404; any other GET gets the SPA's index.html so

@@ -4,7 +4,7 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::{Environment, Severity};
 
-use crate::{now_ms, Result, StoreError};
+use crate::{bad_value, now_ms, Result};
 
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
@@ -86,11 +86,8 @@ pub async fn list(
                 namespace_id: r.try_get("namespace_id")?,
                 environment: env.as_deref().and_then(Environment::parse),
                 kind: r.try_get("kind")?,
-                severity: Severity::parse(&severity).ok_or_else(|| {
-                    StoreError::Database(sqlx::Error::Decode(
-                        format!("unknown severity {severity:?}").into(),
-                    ))
-                })?,
+                severity: Severity::parse(&severity)
+                    .ok_or_else(|| bad_value("severity", &severity))?,
                 message: r.try_get("message")?,
                 actor: r.try_get("actor")?,
             })

@@ -6,7 +6,7 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::Environment;
 
-use crate::{now_ms, Result, StoreError};
+use crate::{bad_value, now_ms, Result};
 
 #[derive(Debug, Clone)]
 pub struct KeyRow {
@@ -56,11 +56,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<KeyRow> {
     Ok(KeyRow {
         id: r.try_get("id")?,
         namespace_id: r.try_get("namespace_id")?,
-        environment: Environment::parse(&env).ok_or_else(|| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("unknown environment {env:?}").into(),
-            ))
-        })?,
+        environment: Environment::parse(&env).ok_or_else(|| bad_value("environment", &env))?,
         name: r.try_get("name")?,
         last4: r.try_get("last4")?,
         labels: r.try_get("labels")?,

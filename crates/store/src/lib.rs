@@ -81,6 +81,13 @@ impl From<sqlx::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A stored value this version cannot read (e.g. an unknown role name).
+pub(crate) fn bad_value(what: &str, value: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Decode(
+        format!("unknown {what} {value:?} in database").into(),
+    ))
+}
+
 /// The connection pool and the backend it talks to. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -4,7 +4,7 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::Role;
 
-use crate::{new_id, now_ms, Result, StoreError};
+use crate::{bad_value, new_id, now_ms, Result};
 
 #[derive(Debug, Clone)]
 pub struct NamespaceRow {
@@ -38,11 +38,7 @@ pub struct InvitationRow {
 }
 
 fn role(s: &str) -> Result<Role> {
-    Role::parse(s).ok_or_else(|| {
-        StoreError::Database(sqlx::Error::Decode(
-            format!("unknown role {s:?} in database").into(),
-        ))
-    })
+    Role::parse(s).ok_or_else(|| bad_value("role", s))
 }
 
 pub async fn insert(conn: &mut AnyConnection, name: &str) -> Result<NamespaceRow> {
@@ -145,6 +141,27 @@ fn membership_from_row(r: &sqlx::any::AnyRow) -> Result<MembershipRow> {
     })
 }
 
+/// Like [`membership`], plus the member's email: what an authenticated request
+/// needs to know about its caller, in one query.
+pub async fn caller(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    account_id: &str,
+) -> Result<Option<(MembershipRow, String)>> {
+    let row = sqlx::query(
+        "SELECT n.id, n.name, n.created_at, m.role, a.email FROM memberships m \
+         JOIN namespaces n ON n.id = m.namespace_id \
+         JOIN accounts a ON a.id = m.account_id \
+         WHERE m.namespace_id = $1 AND m.account_id = $2",
+    )
+    .bind(namespace_id)
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| Ok((membership_from_row(&r)?, r.try_get("email")?)))
+        .transpose()
+}
+
 /// All namespaces of an account, oldest first.
 pub async fn memberships_of(
     conn: &mut AnyConnection,
@@ -161,26 +178,41 @@ pub async fn memberships_of(
     rows.iter().map(membership_from_row).collect()
 }
 
+const MEMBER_SELECT: &str = "SELECT a.id, a.email, a.display_name, m.role, m.created_at \
+     FROM memberships m JOIN accounts a ON a.id = m.account_id";
+
+fn member_from_row(r: &sqlx::any::AnyRow) -> Result<MemberRow> {
+    Ok(MemberRow {
+        account_id: r.try_get("id")?,
+        email: r.try_get("email")?,
+        display_name: r.try_get("display_name")?,
+        role: role(r.try_get::<&str, _>("role")?)?,
+        joined_at: r.try_get("created_at")?,
+    })
+}
+
 pub async fn members(conn: &mut AnyConnection, namespace_id: &str) -> Result<Vec<MemberRow>> {
-    let rows = sqlx::query(
-        "SELECT a.id, a.email, a.display_name, m.role, m.created_at FROM memberships m \
-         JOIN accounts a ON a.id = m.account_id \
-         WHERE m.namespace_id = $1 ORDER BY m.created_at, a.email",
-    )
-    .bind(namespace_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(MemberRow {
-                account_id: r.try_get("id")?,
-                email: r.try_get("email")?,
-                display_name: r.try_get("display_name")?,
-                role: role(r.try_get::<&str, _>("role")?)?,
-                joined_at: r.try_get("created_at")?,
-            })
-        })
-        .collect()
+    let sql = format!("{MEMBER_SELECT} WHERE m.namespace_id = $1 ORDER BY m.created_at, a.email");
+    let rows = sqlx::query(&sql)
+        .bind(namespace_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(member_from_row).collect()
+}
+
+/// One member of a namespace, or `None` when the account is not a member.
+pub async fn member(
+    conn: &mut AnyConnection,
+    namespace_id: &str,
+    account_id: &str,
+) -> Result<Option<MemberRow>> {
+    let sql = format!("{MEMBER_SELECT} WHERE m.namespace_id = $1 AND m.account_id = $2");
+    let row = sqlx::query(&sql)
+        .bind(namespace_id)
+        .bind(account_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(member_from_row).transpose()
 }
 
 pub async fn count_owners(conn: &mut AnyConnection, namespace_id: &str) -> Result<i64> {

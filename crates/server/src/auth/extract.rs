@@ -47,16 +47,19 @@ fn state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))
 }
 
+/// The app state and the account id of a valid bearer access token.
+fn authenticate(req: &HttpRequest) -> Result<(web::Data<AppState>, String), ApiError> {
+    let state = state(req)?;
+    let account_id = state.tokens.verify_access(bearer(req)?)?;
+    Ok((state, account_id))
+}
+
 impl FromRequest for CurrentAccount {
     type Error = ApiError;
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready((|| {
-            let state = state(req)?;
-            let account_id = state.tokens.verify_access(bearer(req)?)?;
-            Ok(CurrentAccount { account_id })
-        })())
+        std::future::ready(authenticate(req).map(|(_, account_id)| CurrentAccount { account_id }))
     }
 }
 
@@ -121,29 +124,24 @@ impl FromRequest for CurrentMember {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let prelude = (|| {
-            let state = state(req)?;
-            let account_id = state.tokens.verify_access(bearer(req)?)?;
+        let prelude = authenticate(req).and_then(|(state, account_id)| {
             let namespace_id = req
                 .match_info()
                 .get("namespace_id")
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("route has no namespace_id")))?
                 .to_owned();
-            Ok::<_, ApiError>((state, account_id, namespace_id))
-        })();
+            Ok((state, account_id, namespace_id))
+        });
         Box::pin(async move {
             let (state, account_id, namespace_id) = prelude?;
             let mut conn = state.store.conn().await?;
-            let membership =
-                tally_store::namespaces::membership(&mut conn, &namespace_id, &account_id)
+            let (membership, email) =
+                tally_store::namespaces::caller(&mut conn, &namespace_id, &account_id)
                     .await?
                     .ok_or_else(|| ApiError::not_found("namespace"))?;
-            let account = tally_store::accounts::by_id(&mut conn, &account_id)
-                .await?
-                .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
             Ok(CurrentMember {
                 account_id,
-                email: account.email,
+                email,
                 namespace: to_namespace(membership),
             })
         })

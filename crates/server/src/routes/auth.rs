@@ -104,7 +104,7 @@ pub async fn signup(
         .tokens
         .issue(&mut tx, to_account(&account), &family)
         .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     tracing::info!(account_id = %account.id, "account created");
     Ok(HttpResponse::Created().json(session))
 }
@@ -145,7 +145,7 @@ pub async fn login(
         .tokens
         .issue(&mut tx, to_account(&account), &family)
         .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(session))
 }
 
@@ -181,7 +181,7 @@ pub async fn refresh(
     }
     if row.used_at.is_some() || !tally_store::sessions::mark_used(&mut tx, &token_hash).await? {
         tally_store::sessions::revoke_family(&mut tx, &row.family_id).await?;
-        tx.commit().await.map_err(tally_store::StoreError::from)?;
+        tx.commit().await?;
         tracing::warn!(account_id = %row.account_id, "refresh token reused; session revoked");
         return Err(invalid());
     }
@@ -192,7 +192,7 @@ pub async fn refresh(
         .tokens
         .issue(&mut tx, to_account(&account), &row.family_id)
         .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(session))
 }
 
@@ -213,6 +213,6 @@ pub async fn logout(
     if let Some(row) = tally_store::sessions::get(&mut tx, &token_hash).await? {
         tally_store::sessions::revoke_family(&mut tx, &row.family_id).await?;
     }
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -261,7 +261,7 @@ pub async fn create(
         ),
     )
     .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::Created().json(CreatedKey {
         key: to_key(row)?,
         secret,
@@ -438,7 +438,7 @@ pub async fn update(
         )
         .await?;
     }
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(new))
 }
 
@@ -511,7 +511,7 @@ pub async fn rotate(
         ),
     )
     .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(CreatedKey {
         key: to_key(after)?,
         secret,
@@ -556,7 +556,7 @@ pub async fn revoke(
         .await?;
     }
     let after = load(&mut tx, &member, &row.id).await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(to_key(after)?))
 }
 

@@ -64,10 +64,8 @@ async fn find_member(
     namespace_id: &str,
     account_id: &str,
 ) -> ApiResult<MemberRow> {
-    tally_store::namespaces::members(conn, namespace_id)
+    tally_store::namespaces::member(conn, namespace_id, account_id)
         .await?
-        .into_iter()
-        .find(|m| m.account_id == account_id)
         .ok_or_else(|| ApiError::not_found("member"))
 }
 
@@ -179,7 +177,7 @@ pub async fn add(
             }
         }
     };
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::Created().json(response))
 }
 
@@ -234,7 +232,7 @@ pub async fn update(
         .await?;
     }
     let updated = find_member(&mut tx, ns_id, &account_id).await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(to_member(updated)))
 }
 
@@ -283,7 +281,7 @@ pub async fn remove(
         format!("{} removed", target.email)
     };
     event(&mut tx, &member, "member.removed", message).await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -323,6 +321,6 @@ pub async fn delete_invitation(
         "an invitation was withdrawn".to_owned(),
     )
     .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }

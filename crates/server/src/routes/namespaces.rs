@@ -72,7 +72,7 @@ pub async fn create(
     let created = tally_store::namespaces::membership(&mut tx, &ns.id, &caller.account_id)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new namespace vanished")))?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::Created().json(to_namespace(created)))
 }
 
@@ -131,7 +131,7 @@ pub async fn update(
         },
     )
     .await?;
-    tx.commit().await.map_err(tally_store::StoreError::from)?;
+    tx.commit().await?;
     let mut ns = member.namespace;
     ns.namespace.name = name;
     Ok(web::Json(ns))
