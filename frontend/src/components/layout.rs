@@ -1,8 +1,6 @@
 //! The frame of every signed-in page: navigation, namespace switcher,
 //! test/live toggle, uptime badge (D7) and log-out.
 
-use std::time::Duration;
-
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::{Outlet, Redirect, A};
@@ -10,7 +8,7 @@ use leptos_router::hooks::use_navigate;
 use tally_common::Environment;
 
 use crate::api;
-use crate::components::{human_duration, ErrorNotice};
+use crate::components::{human_duration, use_refresh_tick, ErrorNotice};
 use crate::state::use_app;
 
 const AREAS: [(&str, &str, bool); 10] = [
@@ -196,13 +194,7 @@ fn EnvironmentToggle() -> impl IntoView {
 /// How long the server has run since its last restart (D7), refreshed every 30 s.
 #[component]
 fn UptimeBadge() -> impl IntoView {
-    let tick = RwSignal::new(0u32);
-    if let Ok(handle) = set_interval_with_handle(
-        move || tick.update(|n| *n = n.wrapping_add(1)),
-        Duration::from_secs(30),
-    ) {
-        on_cleanup(move || handle.clear());
-    }
+    let tick = use_refresh_tick();
     let status = LocalResource::new(move || {
         tick.track();
         api::status()

@@ -4,6 +4,22 @@ use leptos::prelude::*;
 
 use crate::api::ApiError;
 
+/// How often live data (uptime, event log) reloads in place (D8).
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A counter that ticks every 30 s while the calling component is mounted;
+/// resources that track it reload in place.
+pub fn use_refresh_tick() -> RwSignal<u32> {
+    let tick = RwSignal::new(0u32);
+    if let Ok(handle) = set_interval_with_handle(
+        move || tick.update(|n| *n = n.wrapping_add(1)),
+        REFRESH_EVERY,
+    ) {
+        on_cleanup(move || handle.clear());
+    }
+    tick
+}
+
 /// An API error as a red notice.
 #[component]
 pub fn ErrorNotice(error: ApiError) -> impl IntoView {

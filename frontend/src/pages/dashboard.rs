@@ -1,14 +1,12 @@
 //! The first screen: the empty state of a namespace without traffic (D6) and
 //! the event log (D4), refreshed in place every 30 seconds (D8).
 
-use std::time::Duration;
-
 use leptos::prelude::*;
 use leptos_router::components::A;
 use tally_common::{Environment, Severity};
 
 use crate::api;
-use crate::components::{short_time, ErrorNotice};
+use crate::components::{short_time, use_refresh_tick, ErrorNotice};
 use crate::state::use_app;
 
 #[component]
@@ -45,13 +43,7 @@ pub fn Dashboard() -> impl IntoView {
 #[component]
 fn EventLog() -> impl IntoView {
     let app = use_app();
-    let tick = RwSignal::new(0u32);
-    if let Ok(handle) = set_interval_with_handle(
-        move || tick.update(|n| *n = n.wrapping_add(1)),
-        Duration::from_secs(30),
-    ) {
-        on_cleanup(move || handle.clear());
-    }
+    let tick = use_refresh_tick();
     let events = LocalResource::new(move || {
         tick.track();
         app.reload.track();
