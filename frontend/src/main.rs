@@ -10,7 +10,9 @@ use leptos_router::components::{ParentRoute, Route, Router, Routes};
 use leptos_router::path;
 
 use crate::components::layout::Layout;
-use crate::pages::{auth, dashboard, keys, placeholder::Placeholder, settings};
+use crate::pages::{
+    auth, catalog, credits, dashboard, keys, placeholder::Placeholder, playground, settings,
+};
 
 #[component]
 fn App() -> impl IntoView {
@@ -24,14 +26,14 @@ fn App() -> impl IntoView {
                     <Route path=path!("") view=dashboard::Dashboard />
                     <Route path=path!("settings") view=settings::Settings />
                     <Route path=path!("keys") view=keys::Keys />
+                    <Route path=path!("playground") view=playground::Playground />
+                    <Route path=path!("credits") view=credits::Credits />
+                    <Route path=path!("catalog") view=catalog::Catalog />
                     <Route path=path!("monitoring") view=|| view! {
                         <Placeholder title="Monitoring" text="Request volume, error rate, latency percentiles and cost over time, with filters, breakdowns, a request log and exports." />
                     } />
                     <Route path=path!("finance") view=|| view! {
-                        <Placeholder title="Finance" text="Balances per environment, top-ups, the spending log, invoices, low-balance alerts and auto top-up." />
-                    } />
-                    <Route path=path!("catalog") view=|| view! {
-                        <Placeholder title="Catalog" text="Browse the APIs and models you can call through the gateway, with prices, tiers and test availability." />
+                        <Placeholder title="Finance" text="Top-ups with stablecoins, monthly invoices and statements, spending exports, low-balance alerts and auto top-up. Balances, the ledger and test credits are on the Credits page." />
                     } />
                     <Route path=path!("apis") view=|| view! {
                         <Placeholder title="APIs" text="Register your own APIs, price them and earn credits when others call them." />

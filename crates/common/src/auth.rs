@@ -63,4 +63,8 @@ pub struct Account {
 pub struct Me {
     pub account: Account,
     pub namespaces: Vec<NamespaceWithRole>,
+    /// Operators run the server: they manage the catalog and grant credits.
+    /// The first account of a server is one; `operators` in the config names more.
+    #[serde(default)]
+    pub is_operator: bool,
 }

@@ -36,6 +36,22 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Too many requests; see `Retry-After` (429).
     RateLimited,
+    /// The gateway key is missing, malformed or unknown (401).
+    InvalidApiKey,
+    /// The gateway key has been revoked (401).
+    KeyRevoked,
+    /// The gateway key is past its expiry, or a rotated-out secret is past its grace deadline (401).
+    KeyExpired,
+    /// The key may not call this API or model (403).
+    ApiNotAllowed,
+    /// The key's daily or monthly quota is used up; see `Retry-After` (429).
+    QuotaExceeded,
+    /// The balance cannot cover the call's maximum cost (402).
+    InsufficientCredits,
+    /// The upstream failed or answered something unusable (502).
+    UpstreamError,
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout,
     /// Something failed inside the server; the request id finds it in the logs (500).
     Internal,
     /// A dependency (the database) is not available (503).
@@ -58,6 +74,14 @@ impl ErrorCode {
             ErrorCode::LastOwner => "last_owner",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
+            ErrorCode::KeyRevoked => "key_revoked",
+            ErrorCode::KeyExpired => "key_expired",
+            ErrorCode::ApiNotAllowed => "api_not_allowed",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::InsufficientCredits => "insufficient_credits",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -70,15 +94,21 @@ impl ErrorCode {
             ErrorCode::Unauthorized
             | ErrorCode::InvalidCredentials
             | ErrorCode::TokenExpired
-            | ErrorCode::InvalidRefreshToken => 401,
-            ErrorCode::Forbidden => 403,
+            | ErrorCode::InvalidRefreshToken
+            | ErrorCode::InvalidApiKey
+            | ErrorCode::KeyRevoked
+            | ErrorCode::KeyExpired => 401,
+            ErrorCode::InsufficientCredits => 402,
+            ErrorCode::Forbidden | ErrorCode::ApiNotAllowed => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict | ErrorCode::LastOwner => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::UpstreamError => 502,
             ErrorCode::Unavailable => 503,
+            ErrorCode::UpstreamTimeout => 504,
         }
     }
 }

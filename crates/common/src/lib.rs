@@ -8,18 +8,24 @@
 //! integer micro-credits (`i64`, suffix `_micros`).
 
 pub mod auth;
+pub mod catalog;
+pub mod credits;
 pub mod error;
 pub mod events;
 pub mod keys;
 pub mod namespaces;
 pub mod status;
+pub mod usage;
 
 pub use auth::*;
+pub use catalog::*;
+pub use credits::*;
 pub use error::*;
 pub use events::*;
 pub use keys::*;
 pub use namespaces::*;
 pub use status::*;
+pub use usage::*;
 
 use serde::{Deserialize, Serialize};
 

@@ -26,6 +26,11 @@ pub struct Settings {
     pub static_dir: PathBuf,
     pub log_format: LogFormat,
     pub auth: AuthSettings,
+    /// Emails of accounts that are operators (besides the server's first account).
+    pub operators: Vec<String>,
+    /// Catalog APIs owned by this file: created or replaced at every start.
+    pub catalog: Vec<tally_common::CatalogApiConfig>,
+    pub gateway: GatewaySettings,
 }
 
 impl Default for Settings {
@@ -38,6 +43,9 @@ impl Default for Settings {
             static_dir: PathBuf::from("frontend/dist"),
             log_format: LogFormat::Text,
             auth: AuthSettings::default(),
+            operators: Vec::new(),
+            catalog: Vec::new(),
+            gateway: GatewaySettings::default(),
         }
     }
 }
@@ -72,6 +80,41 @@ impl Default for AuthSettings {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+        }
+    }
+}
+
+/// The gateway and the credits it spends (G1-G5, C1, C3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// Largest request body the gateway forwards.
+    pub max_body_bytes: usize,
+    /// Test credits one faucet top-up gives (micro-credits).
+    pub faucet_amount_micros: i64,
+    /// How long a namespace waits between faucet top-ups.
+    pub faucet_cooldown_secs: i64,
+    /// Test credits a new namespace starts with (micro-credits; 0 for none).
+    pub welcome_test_credits_micros: i64,
+    /// How often each instance looks for changed keys and catalog entries; a
+    /// revocation takes effect everywhere within this interval (K5).
+    pub poll_interval_ms: u64,
+    /// A cached key is re-read after this long even without a change notice.
+    pub key_cache_ttl_secs: u64,
+    /// Seconds between health probes of upstreams that have a `health_path`.
+    pub health_interval_secs: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            max_body_bytes: 8 * 1024 * 1024,
+            faucet_amount_micros: 10_000_000,
+            faucet_cooldown_secs: 3600,
+            welcome_test_credits_micros: 10_000_000,
+            poll_interval_ms: 500,
+            key_cache_ttl_secs: 60,
+            health_interval_secs: 5,
         }
     }
 }

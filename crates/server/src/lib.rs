@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod openapi;
 pub mod routes;
 pub mod state;
@@ -105,6 +106,12 @@ impl Application {
             .await?;
         }
 
+        let gateway =
+            gateway::Gateway::new(store.clone(), settings.gateway.clone(), &settings.catalog)
+                .await
+                .context("cannot load the catalog")?;
+        gateway.start_background();
+
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
         let addr = listener.local_addr()?;
@@ -112,6 +119,7 @@ impl Application {
             store,
             tokens,
             passwords,
+            gateway,
             settings: Arc::new(settings),
             started_at: chrono::Utc::now(),
             started: Instant::now(),

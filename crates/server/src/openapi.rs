@@ -12,7 +12,7 @@ use utoipa_actix_web::AppExt;
 #[openapi(
     info(
         title = "Tally API",
-        description = "Manage accounts, namespaces, members and events of a Tally server. \
+        description = "Manage accounts, namespaces, members, keys, credits, usage and the catalog of a Tally server, and call APIs through its gateway. \
                        Every error is `{\"error\": {\"code\", \"message\", \"request_id\"}}` \
                        with a stable snake_case code."
     ),
@@ -24,6 +24,10 @@ use utoipa_actix_web::AppExt;
         (name = "members", description = "Members, roles and invitations"),
         (name = "events", description = "The event log (D4)"),
         (name = "keys", description = "API keys for the gateway (K1-K7)"),
+        (name = "catalog", description = "APIs callable through the gateway, their upstreams and prices"),
+        (name = "credits", description = "Balances, the ledger, grants and the testnet faucet (C1-C3)"),
+        (name = "usage", description = "Recorded gateway calls (G4) and the Playground"),
+        (name = "gateway", description = "The data plane: OpenAI-compatible endpoints and every other catalog API (G1-G5); authenticate with an API key"),
     )
 )]
 struct ApiDoc;
@@ -40,6 +44,15 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some("An access token from /api/v1/auth/login"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key secret (tk_test_… or tk_live_…)"))
                     .build(),
             ),
         );

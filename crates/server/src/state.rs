@@ -8,11 +8,13 @@ use tally_store::Store;
 
 use crate::auth::{Passwords, Tokens};
 use crate::config::Settings;
+use crate::gateway::Gateway;
 
 pub struct AppState {
     pub store: Store,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    pub gateway: Arc<Gateway>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,
     pub started: Instant,

@@ -12,6 +12,8 @@ pub struct AccountRow {
     pub display_name: String,
     pub password_hash: String,
     pub created_at: i64,
+    /// The first account of a server is an operator.
+    pub is_operator: bool,
 }
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<AccountRow> {
@@ -21,37 +23,34 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<AccountRow> {
         display_name: row.try_get("display_name")?,
         password_hash: row.try_get("password_hash")?,
         created_at: row.try_get("created_at")?,
+        is_operator: row.try_get::<i64, _>("is_operator")? != 0,
     })
 }
 
-const COLUMNS: &str = "id, email, display_name, password_hash, created_at";
+const COLUMNS: &str = "id, email, display_name, password_hash, created_at, is_operator";
 
-/// Inserts an account; `StoreError::Conflict` when the email is taken.
+/// Inserts an account; `StoreError::Conflict` when the email is taken. The
+/// first account of the database becomes an operator.
 pub async fn insert(
     conn: &mut AnyConnection,
     email: &str,
     display_name: &str,
     password_hash: &str,
 ) -> Result<AccountRow> {
-    let row = AccountRow {
-        id: new_id("acc"),
-        email: email.to_owned(),
-        display_name: display_name.to_owned(),
-        password_hash: password_hash.to_owned(),
-        created_at: now_ms(),
-    };
-    sqlx::query(
-        "INSERT INTO accounts (id, email, display_name, password_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&row.id)
-    .bind(&row.email)
-    .bind(&row.display_name)
-    .bind(&row.password_hash)
-    .bind(row.created_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(row)
+    let sql = format!(
+        "INSERT INTO accounts (id, email, display_name, password_hash, created_at, is_operator) \
+         VALUES ($1, $2, $3, $4, $5, \
+           CASE WHEN EXISTS (SELECT 1 FROM accounts) THEN 0 ELSE 1 END) RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(new_id("acc"))
+        .bind(email)
+        .bind(display_name)
+        .bind(password_hash)
+        .bind(now_ms())
+        .fetch_one(&mut *conn)
+        .await?;
+    from_row(&row)
 }
 
 pub async fn by_email(conn: &mut AnyConnection, email: &str) -> Result<Option<AccountRow>> {

@@ -44,12 +44,16 @@ pub struct NewKey<'a> {
 
 /// Columns of `api_keys` (aliased `k`) plus the grace deadline of old secrets;
 /// the query binds the current time as `$1`.
-const SELECT: &str = "SELECT k.id, k.namespace_id, k.environment, k.name, k.last4, k.labels, \
-     k.allowed_apis, k.limits, k.expires_at, k.revoked_at, k.created_by, k.created_at, \
-     k.updated_at, \
-     (SELECT MAX(s.expires_at) FROM api_key_secrets s \
-       WHERE s.key_id = k.id AND s.expires_at IS NOT NULL AND s.expires_at > $1) AS grace \
-     FROM api_keys k";
+macro_rules! select_columns {
+    () => {
+        "SELECT k.id, k.namespace_id, k.environment, k.name, k.last4, k.labels, \
+         k.allowed_apis, k.limits, k.expires_at, k.revoked_at, k.created_by, k.created_at, \
+         k.updated_at, \
+         (SELECT MAX(s.expires_at) FROM api_key_secrets s \
+           WHERE s.key_id = k.id AND s.expires_at IS NOT NULL AND s.expires_at > $1) AS grace"
+    };
+}
+const SELECT: &str = concat!(select_columns!(), " FROM api_keys k");
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<KeyRow> {
     let env: String = r.try_get("environment")?;
@@ -152,6 +156,40 @@ pub async fn by_secret_hash(conn: &mut AnyConnection, secret_hash: &str) -> Resu
         .fetch_optional(&mut *conn)
         .await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// The key a secret belongs to and when that secret stops working (set once
+/// the key was rotated), whatever the key's state; the gateway tells revoked,
+/// expired and rotated-out secrets apart with it.
+pub async fn lookup_secret(
+    conn: &mut AnyConnection,
+    secret_hash: &str,
+) -> Result<Option<(KeyRow, Option<i64>)>> {
+    const SQL: &str = concat!(
+        select_columns!(),
+        ", sec.expires_at AS secret_expires_at FROM api_keys k \
+         JOIN api_key_secrets sec ON sec.key_id = k.id WHERE sec.secret_hash = $2"
+    );
+    let row = sqlx::query(SQL)
+        .bind(now_ms())
+        .bind(secret_hash)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(r) => Ok(Some((from_row(&r)?, r.try_get("secret_expires_at")?))),
+        None => Ok(None),
+    }
+}
+
+/// Keys changed (updated, rotated, revoked) at or after `since` (Unix ms).
+pub async fn changed_since(conn: &mut AnyConnection, since: i64) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("SELECT id, updated_at FROM api_keys WHERE updated_at >= $1")
+        .bind(since)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("updated_at")?)))
+        .collect()
 }
 
 #[derive(Debug, Clone, Default)]

@@ -12,11 +12,14 @@
 //!   handler composes several of them inside one `Store::begin()` transaction.
 
 pub mod accounts;
+pub mod catalog;
 pub mod events;
 pub mod keys;
+pub mod ledger;
 pub mod namespaces;
 pub mod sessions;
 pub mod settings;
+pub mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;

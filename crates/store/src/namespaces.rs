@@ -309,3 +309,11 @@ pub async fn delete_invitation(
         .await?;
     Ok(res.rows_affected() > 0)
 }
+
+pub async fn exists(conn: &mut AnyConnection, id: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM namespaces WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
+}

@@ -24,3 +24,17 @@ pub async fn get_or_insert(conn: &mut AnyConnection, key: &str, candidate: &str)
         .await?;
     Ok(value)
 }
+
+/// Stores `value` under `key`, replacing any earlier value.
+pub async fn set(conn: &mut AnyConnection, key: &str, value: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO server_settings (key, value, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (key) DO UPDATE SET value = $2",
+    )
+    .bind(key)
+    .bind(value)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+mod http1;
+mod mock;
+
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Trunk 0.22 needs a newer rustc than the toolchain the project builds with.
 const TRUNK_SERIES: &str = "0.21.";
@@ -41,6 +45,9 @@ Commands:
   build-spa            build the dashboard into frontend/dist (trunk build --release)
   openapi              regenerate the openapi/openapi.json snapshot
   dev                  how to work on the dashboard with `trunk serve`
+  bench-gateway [--quick]
+                       latency and throughput the gateway adds over a mock
+                       upstream (installs oha; release build; prints a table)
   help                 this text
 ";
 
@@ -86,6 +93,7 @@ fn try_main() -> Result<ExitCode> {
             Flags::parse(&rest, &[])?;
             openapi(&cx).map(|()| ExitCode::SUCCESS)
         }
+        "bench-gateway" => bench::bench_gateway(&cx, &rest).map(|()| ExitCode::SUCCESS),
         "dev" => {
             dev();
             Ok(ExitCode::SUCCESS)
@@ -281,8 +289,17 @@ fn show(cmd: &Command) -> String {
         .unwrap_or(program.as_os_str())
         .to_string_lossy()
         .into_owned()];
-    parts.extend(cmd.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    parts.extend(cmd.get_args().map(|arg| quote(&arg.to_string_lossy())));
     parts.join(" ")
+}
+
+/// Single-quotes an argument with spaces or quotes so a printed command can be pasted.
+fn quote(arg: &str) -> String {
+    if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    } else {
+        arg.to_string()
+    }
 }
 
 /// Command-line flags of a task: only the listed ones are accepted.
@@ -364,7 +381,7 @@ fn ensure_trunk(cx: &Ctx) -> Result<()> {
             "trunk: not found; installing {TRUNK_REQ} (takes a few minutes, once)"
         )),
     }
-    cargo_install(cx, "trunk", TRUNK_REQ)?;
+    cargo_install(cx, "trunk", Some(TRUNK_REQ))?;
     match cx
         .probe("trunk", &["--version"])
         .and_then(|out| second_word(&out))
@@ -406,7 +423,7 @@ fn ensure_wasm_bindgen(cx: &Ctx) -> Result<()> {
             "wasm-bindgen-cli: not found; installing {wanted} (takes a few minutes, once)"
         )),
     }
-    cargo_install(cx, "wasm-bindgen-cli", &wanted)?;
+    cargo_install(cx, "wasm-bindgen-cli", Some(&wanted))?;
     match cx
         .probe("wasm-bindgen", &["--version"])
         .and_then(|out| second_word(&out))
@@ -420,21 +437,28 @@ fn ensure_wasm_bindgen(cx: &Ctx) -> Result<()> {
     }
 }
 
-/// `cargo install --locked`, falling back to a fresh resolution when a locked dependency is
-/// no longer available from the registry (for instance, yanked since the release).
-fn cargo_install(cx: &Ctx, krate: &str, version: &str) -> Result<()> {
-    let locked = exec(
-        cx.cargo()
-            .args(["install", krate, "--version", version, "--locked"]),
-    );
-    if locked.is_ok() {
+/// `cargo install --locked` (of `version`, or the newest release), falling back to a fresh
+/// resolution when a locked dependency is no longer available from the registry (for
+/// instance, yanked since the release).
+fn cargo_install(cx: &Ctx, krate: &str, version: Option<&str>) -> Result<()> {
+    let install = |locked: bool| {
+        let mut cmd = cx.cargo();
+        cmd.args(["install", krate]);
+        if let Some(version) = version {
+            cmd.args(["--version", version]);
+        }
+        if locked {
+            cmd.arg("--locked");
+        }
+        exec(&mut cmd)
+    };
+    if install(true).is_ok() {
         return Ok(());
     }
     note(format!(
         "`cargo install {krate} --locked` failed; retrying with freshly resolved dependencies"
     ));
-    exec(cx.cargo().args(["install", krate, "--version", version]))
-        .with_context(|| format!("cannot install {krate} {version}"))
+    install(false).with_context(|| format!("cannot install {krate} {}", version.unwrap_or("")))
 }
 
 fn ensure_chromium(cx: &Ctx) -> Result<()> {
@@ -628,6 +652,53 @@ fn build_spa(cx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Builds the `tally` binary (release or debug) and returns the path cargo reports, so
+/// CARGO_TARGET_DIR and target-dir settings are honoured.
+fn build_tally(cx: &Ctx, release: bool) -> Result<PathBuf> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = cx.cargo();
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args([
+        "-p",
+        "tally-server",
+        "--bin",
+        "tally",
+        "--message-format=json-render-diagnostics",
+    ])
+    .stdout(Stdio::piped());
+    let shown = show(&cmd);
+    note(format!("$ {shown}"));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let mut executable = None;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("cannot read cargo's output")?;
+            if let Some(path) = tally_executable(&line) {
+                executable = Some(path);
+            }
+        }
+    }
+    let status = child.wait().context("cargo build did not finish")?;
+    if !status.success() {
+        bail!("`{shown}` failed ({})", describe(status));
+    }
+    executable.context("cargo built tally-server but reported no `tally` executable")
+}
+
+/// The executable of the `tally` binary target from one line of cargo's JSON messages.
+fn tally_executable(line: &str) -> Option<PathBuf> {
+    let message: serde_json::Value = serde_json::from_str(line).ok()?;
+    if message["reason"] != "compiler-artifact" || message["target"]["name"] != "tally" {
+        return None;
+    }
+    message["executable"].as_str().map(PathBuf::from)
+}
+
 fn static_dir(cx: &Ctx) -> PathBuf {
     cx.root.join("frontend").join("dist")
 }
@@ -744,11 +815,10 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
     })?;
     if e2e {
         report.run("build dashboard (trunk build --release)", || build_spa(cx))?;
+        let mut tally = PathBuf::new();
         report.run("build tally (debug)", || {
-            exec(
-                cx.cargo()
-                    .args(["build", "-p", "tally-server", "--bin", "tally"]),
-            )
+            tally = build_tally(cx, false)?;
+            Ok(())
         })?;
         report.run("browser suite (playwright)", || {
             let port = free_port()?;
@@ -757,7 +827,7 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
                 cx.cmd("npx")
                     .args(["playwright", "test"])
                     .current_dir(cx.root.join("e2e"))
-                    .env("TALLY_BIN", cx.root.join("target/debug/tally"))
+                    .env("TALLY_BIN", &tally)
                     .env("TALLY_STATIC_DIR", static_dir(cx))
                     .env("TALLY_E2E_PORT", port.to_string()),
                 &mut counts,
@@ -881,6 +951,19 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
     }
 
     #[test]
+    fn finds_the_tally_executable_in_cargo_messages() {
+        let line = r#"{"reason":"compiler-artifact","target":{"name":"tally","kind":["bin"]},"executable":"/t/release/tally"}"#;
+        assert_eq!(
+            tally_executable(line),
+            Some(PathBuf::from("/t/release/tally"))
+        );
+        let lib =
+            r#"{"reason":"compiler-artifact","target":{"name":"tally_server"},"executable":null}"#;
+        assert_eq!(tally_executable(lib), None);
+        assert_eq!(tally_executable("not json"), None);
+    }
+
+    #[test]
     fn parses_tool_version_output() {
         assert_eq!(second_word("trunk 0.21.14\n").as_deref(), Some("0.21.14"));
     }
@@ -905,6 +988,17 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
                 failed: 2
             }
         );
+    }
+
+    #[test]
+    fn quotes_printed_arguments_only_when_needed() {
+        assert_eq!(quote("--release"), "--release");
+        assert_eq!(
+            quote("Authorization: Bearer x"),
+            "'Authorization: Bearer x'"
+        );
+        assert_eq!(quote(r#"{"a":1}"#), r#"'{"a":1}'"#);
+        assert_eq!(quote("it's"), r"'it'\''s'");
     }
 
     #[test]

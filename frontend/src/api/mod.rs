@@ -316,3 +316,85 @@ pub async fn key_audit(ns: &str, key_id: &str) -> ApiResult<KeyAudit> {
     let path = format!("/api/v1/namespaces/{ns}/keys/{key_id}/audit");
     authed(Method::Get, &path, None).await
 }
+
+pub async fn key_stats(ns: &str, key_id: &str) -> ApiResult<KeyStats> {
+    let path = format!("/api/v1/namespaces/{ns}/keys/{key_id}/stats");
+    authed(Method::Get, &path, None).await
+}
+
+// --- Catalog ------------------------------------------------------------------
+
+pub async fn catalog() -> ApiResult<CatalogList> {
+    authed(Method::Get, "/api/v1/catalog", None).await
+}
+
+pub async fn admin_catalog() -> ApiResult<CatalogAdminList> {
+    authed(Method::Get, "/api/v1/admin/catalog", None).await
+}
+
+pub async fn create_catalog_api(config: &CatalogApiConfig) -> ApiResult<CatalogApiAdmin> {
+    authed(Method::Post, "/api/v1/admin/catalog", to_value(config)).await
+}
+
+pub async fn update_catalog_api(
+    slug: &str,
+    change: &UpdateCatalogApi,
+) -> ApiResult<CatalogApiAdmin> {
+    let path = format!("/api/v1/admin/catalog/{slug}");
+    authed(Method::Patch, &path, to_value(change)).await
+}
+
+// --- Credits ------------------------------------------------------------------
+
+pub async fn balances(ns: &str) -> ApiResult<Balances> {
+    authed(
+        Method::Get,
+        &format!("/api/v1/namespaces/{ns}/credits"),
+        None,
+    )
+    .await
+}
+
+pub async fn ledger(
+    ns: &str,
+    env: Environment,
+    limit: u32,
+    before: Option<i64>,
+) -> ApiResult<LedgerPage> {
+    let mut path =
+        format!("/api/v1/namespaces/{ns}/credits/ledger?environment={env}&limit={limit}");
+    if let Some(before) = before {
+        path.push_str(&format!("&before={before}"));
+    }
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn faucet(ns: &str) -> ApiResult<FaucetResult> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/faucet");
+    authed(Method::Post, &path, Some(serde_json::json!({}))).await
+}
+
+pub async fn grant(ns: &str, req: &GrantRequest) -> ApiResult<LedgerEntry> {
+    let path = format!("/api/v1/admin/namespaces/{ns}/grants");
+    authed(Method::Post, &path, to_value(req)).await
+}
+
+// --- Usage and the Playground ---------------------------------------------------
+
+pub async fn usage(
+    ns: &str,
+    env: Environment,
+    key_id: Option<&str>,
+    limit: u32,
+) -> ApiResult<UsagePage> {
+    let mut path = format!("/api/v1/namespaces/{ns}/usage?environment={env}&limit={limit}");
+    if let Some(key_id) = key_id {
+        path.push_str(&format!("&key_id={key_id}"));
+    }
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn playground(ns: &str, req: &PlaygroundRequest) -> ApiResult<PlaygroundResponse> {
+    let path = format!("/api/v1/namespaces/{ns}/playground");
+    authed(Method::Post, &path, to_value(req)).await
+}

@@ -11,12 +11,14 @@ use crate::api;
 use crate::components::{human_duration, use_refresh_tick, ErrorNotice};
 use crate::state::use_app;
 
-const AREAS: [(&str, &str, bool); 10] = [
+const AREAS: [(&str, &str, bool); 12] = [
     ("/", "Dashboard", true),
     ("/keys", "Keys", true),
+    ("/playground", "Playground", true),
+    ("/credits", "Credits", true),
     ("/monitoring", "Monitoring", false),
     ("/finance", "Finance", false),
-    ("/catalog", "Catalog", false),
+    ("/catalog", "Catalog", true),
     ("/apis", "APIs", false),
     ("/subclouds", "Subclouds", false),
     ("/webhooks", "Webhooks", false),
@@ -44,6 +46,7 @@ fn Shell() -> impl IntoView {
     });
     Effect::new(move |_| {
         if let Some(Ok(me)) = me.get() {
+            app.is_operator.set(me.is_operator);
             app.set_namespaces(me.namespaces);
         }
     });

@@ -1,5 +1,5 @@
-//! The first screen: the empty state of a namespace without traffic (D6) and
-//! the event log (D4), refreshed in place every 30 seconds (D8).
+//! The first screen: the balance, the empty state of a namespace without
+//! traffic (D6) and the event log (D4), refreshed in place every 30 seconds (D8).
 
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -7,6 +7,7 @@ use tally_common::{Environment, Severity};
 
 use crate::api;
 use crate::components::{short_time, use_refresh_tick, ErrorNotice};
+use crate::pages::credits::{balance_of, BalanceCards};
 use crate::state::use_app;
 
 #[component]
@@ -25,6 +26,7 @@ pub fn Dashboard() -> impl IntoView {
                 {env_badge}
             </div>
         </div>
+        <BalanceSummary />
         <section class="panel empty" data-testid="empty-state">
             <h2>"This namespace has no traffic yet"</h2>
             <p class="muted">
@@ -37,6 +39,38 @@ pub fn Dashboard() -> impl IntoView {
             </div>
         </section>
         <EventLog />
+    }
+}
+
+/// The current environment's credits at a glance, linking to the Credits page.
+#[component]
+fn BalanceSummary() -> impl IntoView {
+    let app = use_app();
+    let tick = use_refresh_tick();
+    let balances = LocalResource::new(move || {
+        tick.track();
+        let ns = app.namespace.get().unwrap_or_default();
+        async move { api::balances(&ns).await }
+    });
+    view! {
+        <section class="panel" data-testid="balance-summary">
+            <div class="page-head" style="margin-bottom:12px">
+                <h2 style="margin:0">"Credits"</h2>
+                <A href="/credits">"Ledger and test credits →"</A>
+            </div>
+            <Transition fallback=|| view! { <p class="loading">"Loading balance…"</p> }>
+                {move || Suspend::new(async move {
+                    let env = app.environment.get();
+                    match balances.await {
+                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
+                        Ok(list) => match balance_of(list.items, env) {
+                            None => view! { <p class="muted">"No balance reported for this environment."</p> }.into_any(),
+                            Some(b) => view! { <BalanceCards balance=b /> }.into_any(),
+                        },
+                    }
+                })}
+            </Transition>
+        </section>
     }
 }
 

@@ -19,6 +19,8 @@ pub struct AppState {
     /// The selected namespace id.
     pub namespace: RwSignal<Option<String>>,
     pub environment: RwSignal<Environment>,
+    /// Operators run the server: the catalog and credit grants are theirs.
+    pub is_operator: RwSignal<bool>,
     /// Bumped to make pages reload their data (e.g. after a change elsewhere).
     pub reload: RwSignal<u32>,
 }
@@ -40,6 +42,7 @@ impl AppState {
             namespaces: RwSignal::new(Vec::new()),
             namespace: RwSignal::new(LocalStorage::get(NAMESPACE_KEY).ok()),
             environment: RwSignal::new(environment),
+            is_operator: RwSignal::new(false),
             reload: RwSignal::new(0),
         }
     }

@@ -147,3 +147,46 @@ impl FromRequest for CurrentMember {
         })
     }
 }
+
+/// An operator (runs the server: catalog, grants). Everyone else gets 403.
+#[derive(Debug, Clone)]
+pub struct CurrentOperator {
+    pub account_id: String,
+    pub email: String,
+}
+
+/// Whether an account is an operator: flagged in the database (the server's
+/// first account) or named in the `operators` setting.
+pub fn is_operator(state: &AppState, account: &tally_store::accounts::AccountRow) -> bool {
+    account.is_operator
+        || state
+            .settings
+            .operators
+            .iter()
+            .any(|e| e.trim().eq_ignore_ascii_case(&account.email))
+}
+
+impl FromRequest for CurrentOperator {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let prelude = authenticate(req);
+        Box::pin(async move {
+            let (state, account_id) = prelude?;
+            let mut conn = state.store.conn().await?;
+            let account = tally_store::accounts::by_id(&mut conn, &account_id)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+            if !is_operator(&state, &account) {
+                return Err(ApiError::forbidden(
+                    "only operators of this server may do this",
+                ));
+            }
+            Ok(CurrentOperator {
+                account_id,
+                email: account.email,
+            })
+        })
+    }
+}

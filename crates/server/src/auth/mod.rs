@@ -13,6 +13,6 @@ pub mod extract;
 pub mod password;
 pub mod tokens;
 
-pub use extract::{CurrentAccount, CurrentMember, Permission};
+pub use extract::{CurrentAccount, CurrentMember, CurrentOperator, Permission};
 pub use password::Passwords;
 pub use tokens::Tokens;

@@ -70,6 +70,7 @@ pub async fn signup(
         other => other?,
     };
     let ns = tally_store::namespaces::insert(&mut tx, "Personal").await?;
+    crate::routes::credits::welcome(&mut tx, &state, &ns.id).await?;
     tally_store::namespaces::upsert_member(&mut tx, &ns.id, &account.id, Role::Owner).await?;
     tally_store::events::insert(
         &mut tx,

@@ -439,6 +439,8 @@ pub async fn update(
         .await?;
     }
     tx.commit().await?;
+    // K5: this instance drops the key at once; others within one poll.
+    state.gateway.forget_key(&new.id);
     Ok(web::Json(new))
 }
 
@@ -512,6 +514,7 @@ pub async fn rotate(
     )
     .await?;
     tx.commit().await?;
+    state.gateway.forget_key(&after.id);
     Ok(web::Json(CreatedKey {
         key: to_key(after)?,
         secret,
@@ -557,6 +560,7 @@ pub async fn revoke(
     }
     let after = load(&mut tx, &member, &row.id).await?;
     tx.commit().await?;
+    state.gateway.forget_key(&row.id);
     Ok(web::Json(to_key(after)?))
 }
 

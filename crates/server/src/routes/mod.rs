@@ -2,12 +2,15 @@
 //! utoipa-actix-web so the OpenAPI document is generated from the same table.
 
 pub mod auth;
+pub mod catalog;
+pub mod credits;
 pub mod events;
 pub mod keys;
 pub mod me;
 pub mod members;
 pub mod namespaces;
 pub mod system;
+pub mod usage;
 
 use chrono::{TimeZone, Utc};
 use tally_common::{Namespace, NamespaceWithRole};
@@ -15,11 +18,18 @@ use tally_store::namespaces::MembershipRow;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::error::{ApiError, ApiResult};
+use crate::gateway::http as gateway;
 
 /// Registers every documented route.
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(system::healthz)
         .service(system::readyz)
+        .service(gateway::chat_completions)
+        .service(gateway::completions)
+        .service(gateway::embeddings)
+        .service(gateway::models)
+        .service(gateway::model)
+        .service(gateway::generic)
         .service(
             utoipa_actix_web::scope("/api/v1")
                 .service(system::status)
@@ -44,7 +54,20 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(keys::update)
                 .service(keys::rotate)
                 .service(keys::revoke)
-                .service(keys::audit),
+                .service(keys::audit)
+                .service(usage::key_stats)
+                .service(usage::list)
+                .service(usage::playground)
+                .service(credits::balances)
+                .service(credits::ledger)
+                .service(credits::faucet)
+                .service(credits::grant)
+                .service(catalog::list)
+                .service(catalog::admin_list)
+                .service(catalog::create)
+                .service(catalog::admin_get)
+                .service(catalog::update)
+                .service(catalog::remove),
         );
 }
 

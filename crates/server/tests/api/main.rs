@@ -5,7 +5,9 @@
 mod helpers;
 
 mod auth;
+mod durability;
 mod events;
+mod gateway;
 mod keys;
 mod members;
 mod namespaces;

@@ -1,0 +1,307 @@
+//! The gateway's HTTP endpoints (G1): OpenAI-compatible `/v1/...` and
+//! `/v1/apis/{slug}/{path}` for every other catalog API. Callers authenticate
+//! with `Authorization: Bearer tk_…`.
+
+use std::time::Instant;
+
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{get, post, route, web, HttpRequest, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+use tally_common::{ErrorBody, ErrorCode, Protocol};
+
+use super::keys::invalid_key;
+use super::{Endpoint, Inbound, Reply, ReplyBody};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(invalid_key)
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::invalid("the request body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Turns the gateway's reply into an HTTP response.
+pub fn respond(reply: Reply) -> HttpResponse {
+    let mut res = HttpResponse::build(reply.status);
+    for (name, value) in reply.headers {
+        res.append_header((name, value));
+    }
+    match reply.body {
+        ReplyBody::Full(body) => res.body(body),
+        ReplyBody::Stream(rx) => res.streaming(tokio_stream_of(rx).map(Ok::<_, actix_web::Error>)),
+    }
+}
+
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> impl futures_util::Stream<Item = Bytes> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn call(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    endpoint: Endpoint,
+) -> HttpResponse {
+    let started = Instant::now();
+    let gw = &state.gateway;
+    let key = match bearer(&req) {
+        Ok(secret) => gw.authenticate(secret).await,
+        Err(e) => Err(e),
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => return e.error_response(),
+    };
+    let body = match read_body(payload, gw.settings().max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.error_response(),
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let inbound = Inbound {
+        endpoint,
+        method: req.method().clone(),
+        query: req.query_string().to_owned(),
+        content_type: header("content-type"),
+        client_id: header("x-client-id").map(|c| c.chars().take(200).collect()),
+        body,
+        started,
+    };
+    respond(gw.serve(key, inbound).await)
+}
+
+/// OpenAI-compatible chat completions.
+///
+/// The body is an OpenAI chat request; `model` picks the catalog API. With
+/// `"stream": true` the answer is `text/event-stream`, passed through as it
+/// arrives. Test keys reach the sandbox or the API's test upstream and spend
+/// test credits. `X-Tally-Call-Id` names the call in usage; sync answers carry
+/// its cost in `X-Tally-Cost-Micros`.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "gateway",
+    request_body(content = Object, description = "An OpenAI chat completion request"),
+    responses(
+        (status = 200, description = "The model's answer (JSON, or server-sent events when streaming)"),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
+        (status = 403, description = "The key may not call this model", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached; see Retry-After", body = ErrorBody),
+        (status = 502, description = "The upstream failed", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream", body = ErrorBody),
+        (status = 504, description = "The upstream timed out", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/v1/chat/completions")]
+pub async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    call(req, payload, state, Endpoint::Chat).await
+}
+
+/// OpenAI-compatible (legacy) text completions; see chat completions.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "gateway",
+    request_body(content = Object, description = "An OpenAI completion request"),
+    responses(
+        (status = 200, description = "The model's answer (JSON, or server-sent events when streaming)"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/v1/completions")]
+pub async fn completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    call(req, payload, state, Endpoint::Completions).await
+}
+
+/// OpenAI-compatible embeddings; see chat completions.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "gateway",
+    request_body(content = Object, description = "An OpenAI embeddings request"),
+    responses(
+        (status = 200, description = "The embeddings"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+#[post("/v1/embeddings")]
+pub async fn embeddings(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    call(req, payload, state, Endpoint::Embeddings).await
+}
+
+/// Any other catalog API: `{path}` (with the query string) is forwarded to
+/// the API's upstream pool with the same method and body.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/v1/apis/{slug}/{path}",
+    tag = "gateway",
+    params(
+        ("slug" = String, Path, description = "The catalog API"),
+        ("path" = String, Path, description = "Path forwarded to the upstream"),
+    ),
+    request_body(content = Object, description = "Forwarded as is"),
+    responses(
+        (status = 200, description = "The upstream's answer, passed through"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
+        (status = 403, description = "The key may not call this API", body = ErrorBody),
+        (status = 404, description = "Unknown API", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached", body = ErrorBody),
+        (status = 502, description = "The upstream failed", body = ErrorBody),
+        (status = 504, description = "The upstream timed out", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+#[route(
+    "/v1/apis/{slug}/{path:.*}",
+    method = "GET",
+    method = "POST",
+    method = "PUT",
+    method = "PATCH",
+    method = "DELETE"
+)]
+pub async fn generic(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (slug, rest) = path.into_inner();
+    call(
+        req,
+        payload,
+        state,
+        Endpoint::Http {
+            slug,
+            path: format!("/{rest}"),
+        },
+    )
+    .await
+}
+
+/// The models this key can call (OpenAI's list format).
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "gateway",
+    responses(
+        (status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", \"owned_by\"}]}`"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+#[get("/v1/models")]
+pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    match visible_models(&req, &state).await {
+        Ok(list) => HttpResponse::Ok().json(json!({"object": "list", "data": list})),
+        Err(e) => e.error_response(),
+    }
+}
+
+/// One model this key can call.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "gateway",
+    params(("model" = String, Path, description = "Model id")),
+    responses(
+        (status = 200, description = "`{\"id\", \"object\": \"model\", \"owned_by\"}`"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+#[get("/v1/models/{model}")]
+pub async fn model(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    model: web::Path<String>,
+) -> HttpResponse {
+    match visible_models(&req, &state).await {
+        Ok(list) => match list.into_iter().find(|m| m["id"] == model.as_str()) {
+            Some(m) => HttpResponse::Ok().json(m),
+            None => ApiError::not_found(&format!("model '{model}'")).error_response(),
+        },
+        Err(e) => e.error_response(),
+    }
+}
+
+async fn visible_models(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let key = state.gateway.authenticate(bearer(req)?).await?;
+    key.check_usable(tally_store::now_ms())?;
+    let catalog = state.gateway.catalog();
+    let mut out = Vec::new();
+    for api in catalog
+        .apis
+        .iter()
+        .filter(|a| a.config.enabled && a.config.protocol == Protocol::Openai)
+    {
+        if api
+            .pool(key.environment)
+            .is_some_and(super::catalog::Pool::is_empty)
+        {
+            continue;
+        }
+        for m in &api.config.models {
+            if key.allows(api.slug(), Some(m)) {
+                out.push(json!({"id": m, "object": "model", "created": 0, "owned_by": api.slug()}));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,330 @@
+//! Credits (C1, C2 grants and faucet): balances, the ledger, operator grants
+//! and the testnet faucet.
+//!
+//! Policy: every credit goes through `credit()`: the namespace's account is
+//! loaded into the gateway first, then the ledger entry commits, then the
+//! in-memory balance moves, so the gateway never misses or double-counts a
+//! credit. Every role reads balances and the ledger; developers, billing,
+//! admins and owners may use the faucet; only operators grant.
+
+use actix_web::{get, post, web, HttpResponse};
+use serde::Deserialize;
+use tally_common::{
+    Balance, Balances, Environment, ErrorBody, ErrorCode, FaucetResult, GrantRequest, LedgerEntry,
+    LedgerPage, Severity,
+};
+use tally_store::events::NewEvent;
+use tally_store::ledger::{LedgerRow, NewEntry};
+use tally_store::AnyConnection;
+use utoipa::IntoParams;
+
+use crate::auth::{CurrentMember, CurrentOperator, Permission};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::rfc3339;
+use crate::state::AppState;
+
+const MAX_GRANT: i64 = 1_000_000_000_000_000;
+
+pub fn to_entry(r: LedgerRow) -> LedgerEntry {
+    LedgerEntry {
+        id: r.id,
+        time: rfc3339(r.time),
+        environment: r.environment,
+        kind: r.kind,
+        amount_micros: r.amount_micros,
+        balance_after_micros: r.balance_after_micros,
+        actor: r.actor,
+        reference: r.reference,
+        memo: r.memo,
+    }
+}
+
+/// The test credits a namespace starts with, in its creating transaction.
+pub async fn welcome(
+    conn: &mut AnyConnection,
+    state: &AppState,
+    namespace_id: &str,
+) -> ApiResult<()> {
+    let amount = state.settings.gateway.welcome_test_credits_micros;
+    if amount > 0 {
+        tally_store::ledger::append(
+            conn,
+            NewEntry {
+                namespace_id,
+                environment: Environment::Test,
+                kind: "grant",
+                amount_micros: amount,
+                actor: "system",
+                reference: None,
+                memo: Some("welcome test credits"),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn balance(state: &AppState, ns: &str, env: Environment) -> ApiResult<Balance> {
+    let (balance, held) = state.gateway.accounts.snapshot(ns, env).await?;
+    Ok(Balance {
+        environment: env,
+        balance_micros: balance,
+        held_micros: held,
+        available_micros: balance - held,
+    })
+}
+
+/// Balances of the namespace, one per environment.
+#[utoipa::path(
+    tag = "credits",
+    security(("bearer" = [])),
+    params(("namespace_id" = String, Path)),
+    responses((status = 200, body = Balances), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+#[get("/namespaces/{namespace_id}/credits")]
+pub async fn balances(
+    state: web::Data<AppState>,
+    member: CurrentMember,
+) -> ApiResult<web::Json<Balances>> {
+    member.require(Permission::Read)?;
+    let mut items = Vec::new();
+    for env in Environment::ALL {
+        items.push(balance(&state, member.namespace_id(), env).await?);
+    }
+    Ok(web::Json(Balances { items }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LedgerQuery {
+    /// Default `test`.
+    pub environment: Option<Environment>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// Only entries older than this id (the `next_before` of the previous page).
+    pub before: Option<i64>,
+}
+
+/// The ledger of one environment, newest first.
+#[utoipa::path(
+    tag = "credits",
+    security(("bearer" = [])),
+    params(("namespace_id" = String, Path), LedgerQuery),
+    responses(
+        (status = 401, body = ErrorBody),(status = 200, body = LedgerPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+#[get("/namespaces/{namespace_id}/credits/ledger")]
+pub async fn ledger(
+    state: web::Data<AppState>,
+    member: CurrentMember,
+    query: web::Query<LedgerQuery>,
+) -> ApiResult<web::Json<LedgerPage>> {
+    member.require(Permission::Read)?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1 to 200"));
+    }
+    let env = query.environment.unwrap_or_default();
+    let mut conn = state.store.conn().await?;
+    let rows = tally_store::ledger::list(
+        &mut conn,
+        member.namespace_id(),
+        env,
+        query.before,
+        limit + 1,
+    )
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<LedgerEntry> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(to_entry)
+        .collect();
+    let next_before = if more {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(web::Json(LedgerPage { items, next_before }))
+}
+
+/// Adds credits: loads the account, commits the entry (and an event), then
+/// moves the in-memory balance. With a cooldown, the namespace's last entry of
+/// the same kind must be older than that (checked under the namespace's row
+/// lock, so two requests at once cannot both pass); `Err(last)` otherwise.
+async fn credit(
+    state: &AppState,
+    entry: NewEntry<'_>,
+    event: &str,
+    actor: &str,
+    cooldown_ms: Option<i64>,
+) -> ApiResult<Result<LedgerRow, i64>> {
+    state
+        .gateway
+        .accounts
+        .load(entry.namespace_id, entry.environment)
+        .await?;
+    let mut tx = state.store.begin().await?;
+    if !tally_store::namespaces::lock(&mut tx, entry.namespace_id).await? {
+        return Err(ApiError::not_found("namespace"));
+    }
+    if let Some(cooldown) = cooldown_ms {
+        let last =
+            tally_store::ledger::last_time_of_kind(&mut tx, entry.namespace_id, entry.kind).await?;
+        if let Some(last) = last.filter(|t| tally_store::now_ms() - t < cooldown) {
+            return Ok(Err(last));
+        }
+    }
+    let row = tally_store::ledger::append(&mut tx, entry.clone()).await?;
+    tally_store::events::insert(
+        &mut tx,
+        NewEvent {
+            namespace_id: Some(entry.namespace_id),
+            environment: Some(entry.environment),
+            kind: "credits.added",
+            severity: Severity::Info,
+            message: event,
+            actor: Some(actor),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    state
+        .gateway
+        .accounts
+        .credited(entry.namespace_id, entry.environment, entry.amount_micros);
+    Ok(Ok(row))
+}
+
+/// Free test credits, once per cooldown (`gateway.faucet_cooldown_secs`).
+#[utoipa::path(
+    tag = "credits",
+    security(("bearer" = [])),
+    params(("namespace_id" = String, Path)),
+    responses(
+        (status = 401, body = ErrorBody),
+        (status = 200, body = FaucetResult),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 429, description = "Used too recently; see Retry-After", body = ErrorBody),
+    )
+)]
+#[post("/namespaces/{namespace_id}/credits/faucet")]
+pub async fn faucet(state: web::Data<AppState>, member: CurrentMember) -> ApiResult<HttpResponse> {
+    if !(crate::auth::extract::allows(member.role(), Permission::Develop)
+        || crate::auth::extract::allows(member.role(), Permission::Billing))
+    {
+        return Err(ApiError::forbidden(format!(
+            "the {} role may not use the faucet",
+            member.role()
+        )));
+    }
+    let ns = member.namespace_id();
+    let cfg = &state.settings.gateway;
+    let cooldown_ms = cfg.faucet_cooldown_secs.max(0) * 1000;
+    let given = credit(
+        &state,
+        NewEntry {
+            namespace_id: ns,
+            environment: Environment::Test,
+            kind: "faucet",
+            amount_micros: cfg.faucet_amount_micros,
+            actor: "faucet",
+            reference: None,
+            memo: Some(&format!("requested by {}", member.email)),
+        },
+        "Test credits from the faucet",
+        &member.email,
+        Some(cooldown_ms),
+    )
+    .await?;
+    let now = tally_store::now_ms();
+    if let Err(last) = given {
+        let wait_secs = (last + cooldown_ms - now + 999) / 1000;
+        let err = ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "the faucet gives test credits once every {}; try again after {}",
+                human(cfg.faucet_cooldown_secs),
+                rfc3339(last + cooldown_ms)
+            ),
+        );
+        return Ok(HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", wait_secs.max(1).to_string()))
+            .json(err.body()));
+    }
+    Ok(HttpResponse::Ok().json(FaucetResult {
+        amount_micros: cfg.faucet_amount_micros,
+        balance: balance(&state, ns, Environment::Test).await?,
+        next_available_at: rfc3339(now + cooldown_ms),
+    }))
+}
+
+fn human(secs: i64) -> String {
+    match secs {
+        s if s % 3600 == 0 && s >= 3600 => format!("{} h", s / 3600),
+        s if s % 60 == 0 && s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// Grants credits to any namespace (operators only).
+#[utoipa::path(
+    tag = "credits",
+    security(("bearer" = [])),
+    params(("namespace_id" = String, Path)),
+    request_body = GrantRequest,
+    responses(
+        (status = 401, body = ErrorBody),
+        (status = 201, body = LedgerEntry),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+#[post("/admin/namespaces/{namespace_id}/grants")]
+pub async fn grant(
+    state: web::Data<AppState>,
+    operator: CurrentOperator,
+    path: web::Path<String>,
+    body: web::Json<GrantRequest>,
+) -> ApiResult<HttpResponse> {
+    let ns = path.into_inner();
+    if !(1..=MAX_GRANT).contains(&body.amount_micros) {
+        return Err(ApiError::invalid(
+            "amount_micros must be 1 to 1,000,000,000,000,000",
+        ));
+    }
+    let memo = body
+        .memo
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    if memo.is_some_and(|m| m.chars().count() > 500) {
+        return Err(ApiError::invalid("memo must be at most 500 characters"));
+    }
+    {
+        let mut conn = state.store.conn().await?;
+        if !tally_store::namespaces::exists(&mut conn, &ns).await? {
+            return Err(ApiError::not_found("namespace"));
+        }
+    }
+    let row = credit(
+        &state,
+        NewEntry {
+            namespace_id: &ns,
+            environment: body.environment,
+            kind: "grant",
+            amount_micros: body.amount_micros,
+            actor: &operator.email,
+            reference: None,
+            memo,
+        },
+        "Credits granted by an operator",
+        &operator.email,
+        None,
+    )
+    .await?
+    .map_err(|_| ApiError::internal(anyhow::anyhow!("a grant has no cooldown")))?;
+    Ok(HttpResponse::Created().json(to_entry(row)))
+}

@@ -1,0 +1,172 @@
+//! G4: a call whose response completed is in usage and the ledger, even when
+//! the server is killed (SIGKILL) right after answering it.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tally_common::Environment;
+use tally_store::{ConnectOptions, Store};
+
+use crate::helpers::{backend_tests, Backend, TestDatabase};
+
+backend_tests!(answered_calls_survive_a_kill_right_after_the_response);
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn answered_calls_survive_a_kill_right_after_the_response(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args([
+                "serve",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--static-dir",
+                "/nonexistent",
+            ])
+            .arg("--data-dir")
+            .arg(db.dir.path())
+            .args(["--database-url", &db.url])
+            .env("TALLY_AUTH__ARGON2_MEMORY_KIB", "1024")
+            .env("TALLY_AUTH__ARGON2_ITERATIONS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tally"),
+    );
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server started");
+
+    let auth: Value = client
+        .post(format!("{base}/api/v1/auth/signup"))
+        .json(&json!({"email": "kill@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = auth["access_token"].as_str().unwrap().to_owned();
+    let me: Value = client
+        .get(format!("{base}/api/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ns = me["namespaces"][0]["id"].as_str().unwrap().to_owned();
+    let key: Value = client
+        .post(format!("{base}/api/v1/namespaces/{ns}/keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "k", "environment": "test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = key["secret"].as_str().unwrap().to_owned();
+
+    // Many calls in flight; the server dies as soon as ten have been answered.
+    let mut calls: FuturesUnordered<_> = (0..60)
+        .map(|i| {
+            let req = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&secret)
+                .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": format!("call {i}")}]}));
+            async move {
+                let res = req.send().await.ok()?;
+                if res.status() != StatusCode::OK {
+                    return None;
+                }
+                let id = res.headers().get("x-tally-call-id")?.to_str().ok()?.to_owned();
+                let cost: i64 = res.headers().get("x-tally-cost-micros")?.to_str().ok()?.parse().ok()?;
+                res.bytes().await.ok()?;
+                Some((id, cost))
+            }
+        })
+        .collect();
+    let mut answered = Vec::new();
+    while let Some(result) = calls.next().await {
+        if let Some(call) = result {
+            answered.push(call);
+            if answered.len() == 10 {
+                server.0.kill().expect("SIGKILL");
+            }
+        }
+    }
+    drop(server);
+    assert!(answered.len() >= 10, "{} answered", answered.len());
+
+    let store = Store::connect(&ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 1,
+    })
+    .await
+    .unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let recorded: HashSet<String> =
+        tally_store::usage::list(&mut conn, &ns, Default::default(), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+    for (id, _) in &answered {
+        assert!(recorded.contains(id), "answered call {id} is in usage");
+    }
+    let ledger = tally_store::ledger::list(&mut conn, &ns, Environment::Test, None, 1000)
+        .await
+        .unwrap();
+    let charged: HashSet<&str> = ledger
+        .iter()
+        .filter_map(|e| e.reference.as_deref())
+        .collect();
+    for (id, cost) in &answered {
+        assert!(
+            *cost > 0 && charged.contains(id.as_str()),
+            "answered call {id} is in the ledger"
+        );
+    }
+    let sum = tally_store::ledger::sum(&mut conn, &ns, Environment::Test)
+        .await
+        .unwrap();
+    let balance = tally_store::ledger::balance(&mut conn, &ns, Environment::Test)
+        .await
+        .unwrap();
+    assert_eq!(sum, balance);
+    drop(conn);
+    store.close().await;
+}
