@@ -90,7 +90,6 @@ test('areas not built yet say so plainly', async ({ page }) => {
   for (const [link, title] of [
     ['Monitoring', 'Monitoring'],
     ['Finance', 'Finance'],
-    ['Catalog', 'Catalog'],
     ['APIs', 'APIs'],
     ['Subclouds', 'Subclouds'],
     ['Webhooks', 'Webhooks'],
