@@ -26,6 +26,34 @@ pub fn ErrorNotice(error: ApiError) -> impl IntoView {
     view! { <div class="alert error" data-testid="error">{error.message}</div> }
 }
 
+/// A resource shown once loaded: a loading line the first time, the error as
+/// a notice, otherwise `show`'s view of the value. Later reloads (the refresh
+/// tick, a change) swap the content in place without the loading line.
+#[component]
+pub fn Loaded<T, F>(
+    resource: LocalResource<Result<T, ApiError>>,
+    loading: &'static str,
+    show: F,
+) -> impl IntoView
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(T) -> AnyView + Clone + Send + Sync + 'static,
+{
+    view! {
+        <Transition fallback=move || view! { <p class="loading">{loading}</p> }>
+            {move || {
+                let show = show.clone();
+                Suspend::new(async move {
+                    match resource.await {
+                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
+                        Ok(value) => show(value),
+                    }
+                })
+            }}
+        </Transition>
+    }
+}
+
 /// `3d 4h`, `2h 5m`, `12m`, `40s`.
 pub fn human_duration(seconds: i64) -> String {
     let (d, h, m) = (

@@ -10,7 +10,7 @@ use tally_common::{
 
 use crate::api;
 use crate::components::{
-    invalid_input, parse_credits, parse_optional, pricing_summary, ErrorNotice,
+    invalid_input, parse_credits, parse_optional, pricing_summary, ErrorNotice, Loaded,
 };
 use crate::state::use_app;
 
@@ -62,38 +62,35 @@ fn PublicCatalog() -> impl IntoView {
     let catalog = LocalResource::new(api::catalog);
     view! {
         <section class="panel">
-            <Transition fallback=|| view! { <p class="loading">"Loading the catalog…"</p> }>
-                {move || Suspend::new(async move {
-                    match catalog.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(list) if list.items.is_empty() => view! {
-                            <p class="muted" data-testid="catalog-empty">"The catalog is empty."</p>
-                        }.into_any(),
-                        Ok(list) => view! {
-                            <table data-testid="catalog">
-                                <thead><tr>
-                                    <th>"API"</th><th>"Protocol"</th><th>"Models"</th><th>"Price"</th>
-                                    <th>"Live"</th><th>"Test keys reach"</th><th>"Status"</th>
-                                </tr></thead>
-                                <tbody>
-                                    {list.items.into_iter().map(|a| view! {
-                                        <tr data-testid="catalog-row">
-                                            <td><strong>{a.name}</strong>" "<code>{a.slug}</code>
-                                                <div class="muted">{a.description}</div></td>
-                                            <td>{protocol_name(a.protocol)}</td>
-                                            <td>{a.models.join(", ")}</td>
-                                            <td>{pricing_summary(&a.pricing)}</td>
-                                            <td>{if a.live { "yes" } else { "no" }}</td>
-                                            <td>{a.test_mode}</td>
-                                            <td>{enabled_badge(a.enabled)}</td>
-                                        </tr>
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                        }.into_any(),
-                    }
-                })}
-            </Transition>
+            <Loaded resource=catalog loading="Loading the catalog…" show=move |catalog| {
+                match catalog {
+                    list if list.items.is_empty() => view! {
+                        <p class="muted" data-testid="catalog-empty">"The catalog is empty."</p>
+                    }.into_any(),
+                    list => view! {
+                        <table data-testid="catalog">
+                            <thead><tr>
+                                <th>"API"</th><th>"Protocol"</th><th>"Models"</th><th>"Price"</th>
+                                <th>"Live"</th><th>"Test keys reach"</th><th>"Status"</th>
+                            </tr></thead>
+                            <tbody>
+                                {list.items.into_iter().map(|a| view! {
+                                    <tr data-testid="catalog-row">
+                                        <td><strong>{a.name}</strong>" "<code>{a.slug}</code>
+                                            <div class="muted">{a.description}</div></td>
+                                        <td>{protocol_name(a.protocol)}</td>
+                                        <td>{a.models.join(", ")}</td>
+                                        <td>{pricing_summary(&a.pricing)}</td>
+                                        <td>{if a.live { "yes" } else { "no" }}</td>
+                                        <td>{a.test_mode}</td>
+                                        <td>{enabled_badge(a.enabled)}</td>
+                                    </tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }
+            } />
         </section>
     }
 }
@@ -125,27 +122,24 @@ fn AdminCatalog() -> impl IntoView {
         {move || error.get().map(|e| view! { <ErrorNotice error=e /> })}
         <section class="panel">
             <h2>"APIs (operator view)"</h2>
-            <Transition fallback=|| view! { <p class="loading">"Loading the catalog…"</p> }>
-                {move || Suspend::new(async move {
-                    match catalog.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(list) if list.items.is_empty() => view! {
-                            <p class="muted" data-testid="catalog-empty">"The catalog is empty."</p>
-                        }.into_any(),
-                        Ok(list) => view! {
-                            <table data-testid="catalog">
-                                <thead><tr>
-                                    <th>"API"</th><th>"Protocol"</th><th>"Models"</th><th>"Upstreams"</th>
-                                    <th>"Price"</th><th>"Source"</th><th>"Status"</th><th></th>
-                                </tr></thead>
-                                <tbody>
-                                    {list.items.into_iter().map(|a| view! { <AdminRow api=a toggle /> }).collect_view()}
-                                </tbody>
-                            </table>
-                        }.into_any(),
-                    }
-                })}
-            </Transition>
+            <Loaded resource=catalog loading="Loading the catalog…" show=move |catalog| {
+                match catalog {
+                    list if list.items.is_empty() => view! {
+                        <p class="muted" data-testid="catalog-empty">"The catalog is empty."</p>
+                    }.into_any(),
+                    list => view! {
+                        <table data-testid="catalog">
+                            <thead><tr>
+                                <th>"API"</th><th>"Protocol"</th><th>"Models"</th><th>"Upstreams"</th>
+                                <th>"Price"</th><th>"Source"</th><th>"Status"</th><th></th>
+                            </tr></thead>
+                            <tbody>
+                                {list.items.into_iter().map(|a| view! { <AdminRow api=a toggle /> }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }
+            } />
         </section>
         <CreateApi on_created=move || changed.update(|n| *n += 1) />
     }

@@ -3,18 +3,18 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use tally_common::{Balance, Environment, GrantRequest, LedgerEntry};
+use tally_common::{Balance, Balances, Environment, GrantRequest, LedgerEntry};
 
 use crate::api;
 use crate::components::{
-    credits_label, invalid_input, parse_credits, short_time, use_refresh_tick, ErrorNotice,
+    credits_label, invalid_input, parse_credits, short_time, use_refresh_tick, ErrorNotice, Loaded,
 };
 use crate::state::use_app;
 
 const LEDGER_PAGE: u32 = 50;
 
 /// The current environment's balance, or `None` when the server listed none for it.
-pub fn balance_of(items: Vec<Balance>, env: Environment) -> Option<Balance> {
+fn balance_of(items: Vec<Balance>, env: Environment) -> Option<Balance> {
     items.into_iter().find(|b| b.environment == env)
 }
 
@@ -45,18 +45,7 @@ pub fn Credits() -> impl IntoView {
         </div>
         <section class="panel">
             <h2>{move || format!("Balance ({})", app.environment.get())}</h2>
-            <Transition fallback=|| view! { <p class="loading">"Loading balance…"</p> }>
-                {move || Suspend::new(async move {
-                    let env = app.environment.get();
-                    match balances.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(list) => match balance_of(list.items, env) {
-                            None => view! { <p class="muted">"The server reported no balance for this environment."</p> }.into_any(),
-                            Some(b) => view! { <BalanceCards balance=b /> }.into_any(),
-                        },
-                    }
-                })}
-            </Transition>
+            <CurrentBalance balances />
             <Show when=move || app.environment.get() == Environment::Test>
                 <Faucet on_done=move || changed.update(|n| *n += 1) />
             </Show>
@@ -68,8 +57,22 @@ pub fn Credits() -> impl IntoView {
     }
 }
 
+/// The selected environment's balance, held and available amounts.
 #[component]
-pub fn BalanceCards(balance: Balance) -> impl IntoView {
+pub fn CurrentBalance(balances: LocalResource<Result<Balances, api::ApiError>>) -> impl IntoView {
+    let app = use_app();
+    view! {
+        <Loaded resource=balances loading="Loading balance…" show=move |list| {
+            match balance_of(list.items, app.environment.get()) {
+                None => view! { <p class="muted">"The server reported no balance for this environment."</p> }.into_any(),
+                Some(b) => view! { <BalanceCards balance=b /> }.into_any(),
+            }
+        } />
+    }
+}
+
+#[component]
+fn BalanceCards(balance: Balance) -> impl IntoView {
     view! {
         <div class="kpis">
             <div class="kpi"><span class="muted">"Balance"</span>
@@ -206,46 +209,43 @@ fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
         <section class="panel">
             <h2>"Ledger"</h2>
             <p class="muted">"Every change of the balance, newest first; the balance is their sum."</p>
-            <Transition fallback=|| view! { <p class="loading">"Loading the ledger…"</p> }>
-                {move || Suspend::new(async move {
-                    match ledger.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok((items, _)) if items.is_empty() => view! {
-                            <p class="muted" data-testid="no-ledger">"No entries yet."</p>
-                        }.into_any(),
-                        Ok((items, more)) => view! {
-                            <table data-testid="ledger">
-                                <thead><tr>
-                                    <th>"Time"</th><th>"Kind"</th><th class="num">"Amount"</th>
-                                    <th class="num">"Balance after"</th><th>"By"</th><th>"Reference / memo"</th>
-                                </tr></thead>
-                                <tbody>
-                                    {items.into_iter().map(|e| {
-                                        let class = if e.amount_micros < 0 { "num neg" } else { "num pos" };
-                                        let note = [e.reference, e.memo].into_iter().flatten().collect::<Vec<_>>().join(" · ");
-                                        view! {
-                                            <tr data-testid="ledger-row">
-                                                <td class="muted">{short_time(&e.time)}</td>
-                                                <td><code>{e.kind}</code></td>
-                                                <td class=class>{credits_label(e.amount_micros)}</td>
-                                                <td class="num">{credits_label(e.balance_after_micros)}</td>
-                                                <td>{e.actor}</td>
-                                                <td class="muted">{note}</td>
-                                            </tr>
-                                        }
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                            {more.is_some().then(|| view! {
-                                <div class="inline-row" style="margin-top:12px">
-                                    <button class="secondary" data-testid="ledger-older"
-                                        on:click=move |_| pages.update(|n| *n += 1)>"Load older"</button>
-                                </div>
-                            })}
-                        }.into_any(),
-                    }
-                })}
-            </Transition>
+            <Loaded resource=ledger loading="Loading the ledger…" show=move |ledger| {
+                match ledger {
+                    (items, _) if items.is_empty() => view! {
+                        <p class="muted" data-testid="no-ledger">"No entries yet."</p>
+                    }.into_any(),
+                    (items, more) => view! {
+                        <table data-testid="ledger">
+                            <thead><tr>
+                                <th>"Time"</th><th>"Kind"</th><th class="num">"Amount"</th>
+                                <th class="num">"Balance after"</th><th>"By"</th><th>"Reference / memo"</th>
+                            </tr></thead>
+                            <tbody>
+                                {items.into_iter().map(|e| {
+                                    let class = if e.amount_micros < 0 { "num neg" } else { "num pos" };
+                                    let note = [e.reference, e.memo].into_iter().flatten().collect::<Vec<_>>().join(" · ");
+                                    view! {
+                                        <tr data-testid="ledger-row">
+                                            <td class="muted">{short_time(&e.time)}</td>
+                                            <td><code>{e.kind}</code></td>
+                                            <td class=class>{credits_label(e.amount_micros)}</td>
+                                            <td class="num">{credits_label(e.balance_after_micros)}</td>
+                                            <td>{e.actor}</td>
+                                            <td class="muted">{note}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                        {more.is_some().then(|| view! {
+                            <div class="inline-row" style="margin-top:12px">
+                                <button class="secondary" data-testid="ledger-older"
+                                    on:click=move |_| pages.update(|n| *n += 1)>"Load older"</button>
+                            </div>
+                        })}
+                    }.into_any(),
+                }
+            } />
         </section>
     }
 }

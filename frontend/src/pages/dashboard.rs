@@ -6,8 +6,8 @@ use leptos_router::components::A;
 use tally_common::{Environment, Severity};
 
 use crate::api;
-use crate::components::{short_time, use_refresh_tick, ErrorNotice};
-use crate::pages::credits::{balance_of, BalanceCards};
+use crate::components::{short_time, use_refresh_tick, Loaded};
+use crate::pages::credits::CurrentBalance;
 use crate::state::use_app;
 
 #[component]
@@ -58,18 +58,7 @@ fn BalanceSummary() -> impl IntoView {
                 <h2 style="margin:0">"Credits"</h2>
                 <A href="/credits">"Ledger and test credits →"</A>
             </div>
-            <Transition fallback=|| view! { <p class="loading">"Loading balance…"</p> }>
-                {move || Suspend::new(async move {
-                    let env = app.environment.get();
-                    match balances.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(list) => match balance_of(list.items, env) {
-                            None => view! { <p class="muted">"No balance reported for this environment."</p> }.into_any(),
-                            Some(b) => view! { <BalanceCards balance=b /> }.into_any(),
-                        },
-                    }
-                })}
-            </Transition>
+            <CurrentBalance balances />
         </section>
     }
 }
@@ -89,40 +78,37 @@ fn EventLog() -> impl IntoView {
         <section class="panel">
             <h2>"Event log"</h2>
             // Transition keeps the previous rows while a refresh loads: no flicker.
-            <Transition fallback=|| view! { <p class="loading">"Loading events…"</p> }>
-                {move || Suspend::new(async move {
-                    match events.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(page) if page.items.is_empty() => {
-                            view! { <p class="muted">"No events yet."</p> }.into_any()
-                        }
-                        Ok(page) => view! {
-                            <table data-testid="event-log">
-                                <thead>
-                                    <tr><th>"Time"</th><th>"Type"</th><th>"Severity"</th><th>"Description"</th></tr>
-                                </thead>
-                                <tbody>
-                                    {page.items.into_iter().map(|e| {
-                                        let class = match e.severity {
-                                            Severity::Info => "badge info",
-                                            Severity::Warning => "badge warning",
-                                            Severity::Error => "badge error",
-                                        };
-                                        view! {
-                                            <tr>
-                                                <td class="muted">{short_time(&e.time)}</td>
-                                                <td><code>{e.kind}</code></td>
-                                                <td><span class=class>{e.severity.as_str()}</span></td>
-                                                <td>{e.message}</td>
-                                            </tr>
-                                        }
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                        }.into_any(),
+            <Loaded resource=events loading="Loading events…" show=move |events| {
+                match events {
+                    page if page.items.is_empty() => {
+                        view! { <p class="muted">"No events yet."</p> }.into_any()
                     }
-                })}
-            </Transition>
+                    page => view! {
+                        <table data-testid="event-log">
+                            <thead>
+                                <tr><th>"Time"</th><th>"Type"</th><th>"Severity"</th><th>"Description"</th></tr>
+                            </thead>
+                            <tbody>
+                                {page.items.into_iter().map(|e| {
+                                    let class = match e.severity {
+                                        Severity::Info => "badge info",
+                                        Severity::Warning => "badge warning",
+                                        Severity::Error => "badge error",
+                                    };
+                                    view! {
+                                        <tr>
+                                            <td class="muted">{short_time(&e.time)}</td>
+                                            <td><code>{e.kind}</code></td>
+                                            <td><span class=class>{e.severity.as_str()}</span></td>
+                                            <td>{e.message}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }
+            } />
         </section>
     }
 }

@@ -9,7 +9,7 @@ use tally_common::{ApiKey, CreateKeyRequest, CreatedKey, KeyLimits, KeyStatus};
 use crate::api;
 use crate::components::{
     credits_label, invalid_input, parse_credits, parse_optional, short_time, use_refresh_tick,
-    ErrorNotice,
+    ErrorNotice, Loaded,
 };
 use crate::state::use_app;
 
@@ -102,34 +102,31 @@ pub fn Keys() -> impl IntoView {
             } />
         </Show>
         <section class="panel">
-            <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
-                {move || Suspend::new(async move {
-                    match keys.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(list) if list.items.is_empty() => view! {
-                            <p class="muted" data-testid="no-keys">"No keys here yet."</p>
-                        }.into_any(),
-                        Ok(list) => view! {
-                            <table data-testid="keys">
-                                <thead><tr>
-                                    <th>"Name"</th><th>"Key"</th><th>"Status"</th><th>"Labels"</th>
-                                    <th>"Created"</th><th>"Expires"</th><th></th>
-                                </tr></thead>
-                                <tbody>
-                                    {list.items.into_iter().map(|key| view! {
-                                        <KeyRow key=key
-                                            on_secret=move |c| { secret.set(Some(c)); changed.update(|n| *n += 1); }
-                                            on_error=move |e| error.set(Some(e))
-                                            on_changed=move || changed.update(|n| *n += 1)
-                                            on_detail=move |key| detail_of.set(Some(key))
-                                        />
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                        }.into_any(),
-                    }
-                })}
-            </Transition>
+            <Loaded resource=keys loading="Loading keys…" show=move |keys| {
+                match keys {
+                    list if list.items.is_empty() => view! {
+                        <p class="muted" data-testid="no-keys">"No keys here yet."</p>
+                    }.into_any(),
+                    list => view! {
+                        <table data-testid="keys">
+                            <thead><tr>
+                                <th>"Name"</th><th>"Key"</th><th>"Status"</th><th>"Labels"</th>
+                                <th>"Created"</th><th>"Expires"</th><th></th>
+                            </tr></thead>
+                            <tbody>
+                                {list.items.into_iter().map(|key| view! {
+                                    <KeyRow key=key
+                                        on_secret=move |c| { secret.set(Some(c)); changed.update(|n| *n += 1); }
+                                        on_error=move |e| error.set(Some(e))
+                                        on_changed=move || changed.update(|n| *n += 1)
+                                        on_detail=move |key| detail_of.set(Some(key))
+                                    />
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }
+            } />
         </section>
         {move || detail_of.get().map(|key| view! { <KeyDetail key on_close=move || detail_of.set(None) /> })}
     }
@@ -370,66 +367,51 @@ fn KeyDetail(key: ApiKey, on_close: impl Fn() + Copy + 'static) -> impl IntoView
                 <span data-testid="key-allowed">{if key.allowed_apis.is_empty() { "all".to_owned() } else { key.allowed_apis.join(", ") }}</span>
             </p>
             <h2>"Statistics"</h2>
-            <Transition fallback=|| view! { <p class="loading">"Loading statistics…"</p> }>
-                {move || {
-                    let limits = limits.clone();
-                    Suspend::new(async move {
-                        match stats.await {
-                            Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                            Ok(s) => view! {
-                                <div class="kpis" data-testid="key-stats">
-                                    <div class="kpi"><span class="muted">"Calls"</span><strong data-testid="key-stats-calls">{s.calls}</strong></div>
-                                    <div class="kpi"><span class="muted">"Errors"</span><strong>{s.errors}</strong></div>
-                                    <div class="kpi"><span class="muted">"Spend"</span><strong>{credits_label(s.spend_micros)}</strong></div>
-                                    <div class="kpi"><span class="muted">"Tokens in / out"</span><strong>{format!("{} / {}", s.tokens_in, s.tokens_out)}</strong></div>
-                                    <div class="kpi"><span class="muted">"Last used"</span>
-                                        <strong>{s.last_used_at.as_deref().map(short_time).unwrap_or_else(|| "never".into())}</strong></div>
-                                </div>
-                                <table data-testid="key-quotas">
-                                    <thead><tr><th>"Quota"</th><th>"Requests"</th><th>"Credits"</th><th>"Resets"</th></tr></thead>
-                                    <tbody>
-                                        <tr>
-                                            <td>"Today (UTC)"</td>
-                                            <td>{of_limit(s.day_requests.to_string(), limits.requests_per_day.map(|v| v.to_string()))}</td>
-                                            <td>{of_limit(credits_label(s.day_credits_micros), limits.credits_per_day_micros.map(credits_label))}</td>
-                                            <td class="muted">{short_time(&s.day_resets_at)}</td>
-                                        </tr>
-                                        <tr>
-                                            <td>"This month"</td>
-                                            <td>{of_limit(s.month_requests.to_string(), limits.requests_per_month.map(|v| v.to_string()))}</td>
-                                            <td>{of_limit(credits_label(s.month_credits_micros), limits.credits_per_month_micros.map(credits_label))}</td>
-                                            <td class="muted">{short_time(&s.month_resets_at)}</td>
-                                        </tr>
-                                    </tbody>
-                                </table>
-                            }.into_any(),
-                        }
-                    })
-                }}
-            </Transition>
+            <Loaded resource=stats loading="Loading statistics…" show=move |s| view! {
+                <div class="kpis" data-testid="key-stats">
+                    <div class="kpi"><span class="muted">"Calls"</span><strong data-testid="key-stats-calls">{s.calls}</strong></div>
+                    <div class="kpi"><span class="muted">"Errors"</span><strong>{s.errors}</strong></div>
+                    <div class="kpi"><span class="muted">"Spend"</span><strong>{credits_label(s.spend_micros)}</strong></div>
+                    <div class="kpi"><span class="muted">"Tokens in / out"</span><strong>{format!("{} / {}", s.tokens_in, s.tokens_out)}</strong></div>
+                    <div class="kpi"><span class="muted">"Last used"</span>
+                        <strong>{s.last_used_at.as_deref().map(short_time).unwrap_or_else(|| "never".into())}</strong></div>
+                </div>
+                <table data-testid="key-quotas">
+                    <thead><tr><th>"Quota"</th><th>"Requests"</th><th>"Credits"</th><th>"Resets"</th></tr></thead>
+                    <tbody>
+                        <tr>
+                            <td>"Today (UTC)"</td>
+                            <td>{of_limit(s.day_requests.to_string(), limits.requests_per_day.map(|v| v.to_string()))}</td>
+                            <td>{of_limit(credits_label(s.day_credits_micros), limits.credits_per_day_micros.map(credits_label))}</td>
+                            <td class="muted">{short_time(&s.day_resets_at)}</td>
+                        </tr>
+                        <tr>
+                            <td>"This month"</td>
+                            <td>{of_limit(s.month_requests.to_string(), limits.requests_per_month.map(|v| v.to_string()))}</td>
+                            <td>{of_limit(credits_label(s.month_credits_micros), limits.credits_per_month_micros.map(credits_label))}</td>
+                            <td class="muted">{short_time(&s.month_resets_at)}</td>
+                        </tr>
+                    </tbody>
+                </table>
+            }.into_any() />
             <h2 style="margin-top:18px">"History"</h2>
-            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
-                {move || Suspend::new(async move {
-                    match trail.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(trail) => view! {
-                            <table>
-                                <thead><tr><th>"Time"</th><th>"Action"</th><th>"By"</th><th>"Details"</th></tr></thead>
-                                <tbody>
-                                    {trail.items.into_iter().map(|a| view! {
-                                        <tr>
-                                            <td class="muted">{short_time(&a.time)}</td>
-                                            <td><code>{a.action}</code></td>
-                                            <td>{a.actor}</td>
-                                            <td class="muted">{a.details.to_string()}</td>
-                                        </tr>
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                        }.into_any(),
-                    }
-                })}
-            </Transition>
+            <Loaded resource=trail loading="Loading…" show=move |trail| {
+                view! {
+                    <table>
+                        <thead><tr><th>"Time"</th><th>"Action"</th><th>"By"</th><th>"Details"</th></tr></thead>
+                        <tbody>
+                            {trail.items.into_iter().map(|a| view! {
+                                <tr>
+                                    <td class="muted">{short_time(&a.time)}</td>
+                                    <td><code>{a.action}</code></td>
+                                    <td>{a.actor}</td>
+                                    <td class="muted">{a.details.to_string()}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
+            } />
         </section>
     }
 }

@@ -5,7 +5,7 @@ use leptos::task::spawn_local;
 use tally_common::{AddMemberResponse, Role};
 
 use crate::api;
-use crate::components::{short_time, ErrorNotice};
+use crate::components::{short_time, ErrorNotice, Loaded};
 use crate::state::use_app;
 
 fn role_options(selected: Role) -> impl IntoView {
@@ -124,79 +124,74 @@ fn Members() -> impl IntoView {
             <h2>"Members"</h2>
             {move || error.get().map(|e| view! { <ErrorNotice error=e /> })}
             {move || notice.get().map(|t| view! { <div class="alert ok">{t}</div> })}
-            <Transition fallback=|| view! { <p class="loading">"Loading members…"</p> }>
-                {move || Suspend::new(async move {
-                    let manage = app.can_manage();
-                    let me = app.account.get_untracked().map(|a| a.id).unwrap_or_default();
-                    let ns = app.namespace.get_untracked().unwrap_or_default();
-                    match list.await {
-                        Err(e) => view! { <ErrorNotice error=e /> }.into_any(),
-                        Ok(list) => view! {
-                            <table data-testid="members">
-                                <thead><tr><th>"Member"</th><th>"Role"</th><th>"Joined"</th><th></th></tr></thead>
-                                <tbody>
-                                    {list.members.into_iter().map(|m| {
-                                        let (ns1, ns2) = (ns.clone(), ns.clone());
-                                        let (id1, id2) = (m.account_id.clone(), m.account_id.clone());
-                                        let is_me = m.account_id == me;
-                                        view! {
-                                            <tr>
-                                                <td>{m.display_name} <span class="muted">" · " {m.email}</span></td>
-                                                <td>
-                                                    <select
-                                                        disabled=!manage
-                                                        on:change=move |ev| {
-                                                            let (ns, id) = (ns1.clone(), id1.clone());
-                                                            let Some(r) = Role::parse(&event_target_value(&ev)) else { return };
-                                                            spawn_local(async move {
-                                                                done(api::update_member(&ns, &id, r).await.map(|m| Some(format!("{} is now {}.", m.email, m.role))));
-                                                            });
-                                                        }
-                                                    >
-                                                        {role_options(m.role)}
-                                                    </select>
-                                                </td>
-                                                <td class="muted">{short_time(&m.joined_at)}</td>
-                                                <td>
-                                                    {(manage || is_me).then(|| view! {
-                                                        <button class="danger" on:click=move |_| {
-                                                            let (ns, id) = (ns2.clone(), id2.clone());
-                                                            spawn_local(async move {
-                                                                done(api::remove_member(&ns, &id).await.map(|()| Some("Member removed.".to_owned())));
-                                                            });
-                                                        }>{if is_me { "Leave" } else { "Remove" }}</button>
-                                                    })}
-                                                </td>
-                                            </tr>
-                                        }
-                                    }).collect_view()}
-                                    {list.invitations.into_iter().map(|inv| {
-                                        let ns = ns.clone();
-                                        let id = inv.id.clone();
-                                        view! {
-                                            <tr>
-                                                <td>{inv.email} <span class="badge">"invited"</span></td>
-                                                <td>{inv.role.as_str()}</td>
-                                                <td class="muted">{short_time(&inv.created_at)}</td>
-                                                <td>
-                                                    {manage.then(|| view! {
-                                                        <button class="danger" on:click=move |_| {
-                                                            let (ns, id) = (ns.clone(), id.clone());
-                                                            spawn_local(async move {
-                                                                done(api::withdraw_invitation(&ns, &id).await.map(|()| Some("Invitation withdrawn.".to_owned())));
-                                                            });
-                                                        }>"Withdraw"</button>
-                                                    })}
-                                                </td>
-                                            </tr>
-                                        }
-                                    }).collect_view()}
-                                </tbody>
-                            </table>
-                        }.into_any(),
-                    }
-                })}
-            </Transition>
+            <Loaded resource=list loading="Loading members…" show=move |list| {
+                let manage = app.can_manage();
+                let me = app.account.get_untracked().map(|a| a.id).unwrap_or_default();
+                let ns = app.namespace.get_untracked().unwrap_or_default();
+                view! {
+                    <table data-testid="members">
+                        <thead><tr><th>"Member"</th><th>"Role"</th><th>"Joined"</th><th></th></tr></thead>
+                        <tbody>
+                            {list.members.into_iter().map(|m| {
+                                let (ns1, ns2) = (ns.clone(), ns.clone());
+                                let (id1, id2) = (m.account_id.clone(), m.account_id.clone());
+                                let is_me = m.account_id == me;
+                                view! {
+                                    <tr>
+                                        <td>{m.display_name} <span class="muted">" · " {m.email}</span></td>
+                                        <td>
+                                            <select
+                                                disabled=!manage
+                                                on:change=move |ev| {
+                                                    let (ns, id) = (ns1.clone(), id1.clone());
+                                                    let Some(r) = Role::parse(&event_target_value(&ev)) else { return };
+                                                    spawn_local(async move {
+                                                        done(api::update_member(&ns, &id, r).await.map(|m| Some(format!("{} is now {}.", m.email, m.role))));
+                                                    });
+                                                }
+                                            >
+                                                {role_options(m.role)}
+                                            </select>
+                                        </td>
+                                        <td class="muted">{short_time(&m.joined_at)}</td>
+                                        <td>
+                                            {(manage || is_me).then(|| view! {
+                                                <button class="danger" on:click=move |_| {
+                                                    let (ns, id) = (ns2.clone(), id2.clone());
+                                                    spawn_local(async move {
+                                                        done(api::remove_member(&ns, &id).await.map(|()| Some("Member removed.".to_owned())));
+                                                    });
+                                                }>{if is_me { "Leave" } else { "Remove" }}</button>
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                            {list.invitations.into_iter().map(|inv| {
+                                let ns = ns.clone();
+                                let id = inv.id.clone();
+                                view! {
+                                    <tr>
+                                        <td>{inv.email} <span class="badge">"invited"</span></td>
+                                        <td>{inv.role.as_str()}</td>
+                                        <td class="muted">{short_time(&inv.created_at)}</td>
+                                        <td>
+                                            {manage.then(|| view! {
+                                                <button class="danger" on:click=move |_| {
+                                                    let (ns, id) = (ns.clone(), id.clone());
+                                                    spawn_local(async move {
+                                                        done(api::withdraw_invitation(&ns, &id).await.map(|()| Some("Invitation withdrawn.".to_owned())));
+                                                    });
+                                                }>"Withdraw"</button>
+                                            })}
+                                        </td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
+            } />
             <Show when=move || app.can_manage()>
                 <h2 style="margin-top:18px">"Add a member"</h2>
                 <form class="inline" on:submit=add>
