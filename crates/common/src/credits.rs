@@ -31,7 +31,7 @@ pub struct LedgerEntry {
     pub id: i64,
     pub time: String,
     pub environment: Environment,
-    /// `grant`, `faucet` or `usage` (more kinds come with billing).
+    /// `grant`, `faucet`, `usage` or `topup`.
     pub kind: String,
     /// Signed: credits in are positive, usage is negative.
     pub amount_micros: i64,
@@ -39,9 +39,13 @@ pub struct LedgerEntry {
     pub balance_after_micros: i64,
     /// Who or what caused it: an operator's email, `faucet`, or the key id of a call.
     pub actor: String,
-    /// The call id for usage, free text for grants.
+    /// The call id for usage, the external transaction id for top-ups.
     pub reference: Option<String>,
     pub memo: Option<String>,
+    /// Top-ups: the conversion rate applied, in micro-credits per whole unit
+    /// of the paid currency (1,000,000 is one credit per unit).
+    #[serde(default)]
+    pub rate_micros: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

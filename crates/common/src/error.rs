@@ -52,6 +52,12 @@ pub enum ErrorCode {
     UpstreamError,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
+    /// A signed notification's signature is missing or wrong (401).
+    InvalidSignature,
+    /// A signed notification's timestamp is too far from the server's clock (401).
+    StaleTimestamp,
+    /// The currency is not accepted (yet) for top-ups (400).
+    UnsupportedCurrency,
     /// Something failed inside the server; the request id finds it in the logs (500).
     Internal,
     /// A dependency (the database) is not available (503).
@@ -82,6 +88,9 @@ impl ErrorCode {
             ErrorCode::InsufficientCredits => "insufficient_credits",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::StaleTimestamp => "stale_timestamp",
+            ErrorCode::UnsupportedCurrency => "unsupported_currency",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -90,14 +99,18 @@ impl ErrorCode {
     /// The HTTP status that always accompanies this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::InvalidJson => 400,
+            ErrorCode::InvalidRequest | ErrorCode::InvalidJson | ErrorCode::UnsupportedCurrency => {
+                400
+            }
             ErrorCode::Unauthorized
             | ErrorCode::InvalidCredentials
             | ErrorCode::TokenExpired
             | ErrorCode::InvalidRefreshToken
             | ErrorCode::InvalidApiKey
             | ErrorCode::KeyRevoked
-            | ErrorCode::KeyExpired => 401,
+            | ErrorCode::KeyExpired
+            | ErrorCode::InvalidSignature
+            | ErrorCode::StaleTimestamp => 401,
             ErrorCode::InsufficientCredits => 402,
             ErrorCode::Forbidden | ErrorCode::ApiNotAllowed => 403,
             ErrorCode::NotFound => 404,

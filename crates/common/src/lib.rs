@@ -8,6 +8,7 @@
 //! integer micro-credits (`i64`, suffix `_micros`).
 
 pub mod auth;
+pub mod billing;
 pub mod catalog;
 pub mod credits;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod status;
 pub mod usage;
 
 pub use auth::*;
+pub use billing::*;
 pub use catalog::*;
 pub use credits::*;
 pub use error::*;

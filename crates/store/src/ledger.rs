@@ -22,6 +22,8 @@ pub struct LedgerRow {
     pub actor: String,
     pub reference: Option<String>,
     pub memo: Option<String>,
+    /// Micro-credits per unit of the paid currency (top-ups only).
+    pub rate_micros: Option<i64>,
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<LedgerRow> {
@@ -37,11 +39,12 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<LedgerRow> {
         actor: r.try_get("actor")?,
         reference: r.try_get("reference")?,
         memo: r.try_get("memo")?,
+        rate_micros: r.try_get("rate_micros")?,
     })
 }
 
 const COLUMNS: &str = "id, namespace_id, environment, time, kind, amount_micros, \
-     balance_after_micros, actor, reference, memo";
+     balance_after_micros, actor, reference, memo, rate_micros";
 
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
@@ -52,6 +55,7 @@ pub struct NewEntry<'a> {
     pub actor: &'a str,
     pub reference: Option<&'a str>,
     pub memo: Option<&'a str>,
+    pub rate_micros: Option<i64>,
 }
 
 /// The balance (0 when the namespace never had an entry in `environment`).
@@ -101,8 +105,8 @@ pub async fn append(conn: &mut AnyConnection, e: NewEntry<'_>) -> Result<LedgerR
     let after = add_to_balance(conn, e.namespace_id, e.environment, e.amount_micros).await?;
     let sql = format!(
         "INSERT INTO ledger_entries (namespace_id, environment, time, kind, amount_micros, \
-         balance_after_micros, actor, reference, memo) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+         balance_after_micros, actor, reference, memo, rate_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(e.namespace_id)
@@ -114,6 +118,7 @@ pub async fn append(conn: &mut AnyConnection, e: NewEntry<'_>) -> Result<LedgerR
         .bind(e.actor)
         .bind(e.reference)
         .bind(e.memo)
+        .bind(e.rate_micros)
         .fetch_one(&mut *conn)
         .await?;
     from_row(&row)

@@ -12,6 +12,8 @@
 //!   handler composes several of them inside one `Store::begin()` transaction.
 
 pub mod accounts;
+pub mod alerts;
+pub mod billing;
 pub mod catalog;
 pub mod events;
 pub mod keys;
@@ -19,6 +21,7 @@ pub mod ledger;
 pub mod namespaces;
 pub mod sessions;
 pub mod settings;
+pub mod statements;
 pub mod usage;
 
 use std::str::FromStr;

@@ -36,6 +36,7 @@ pub fn to_entry(r: LedgerRow) -> LedgerEntry {
         actor: r.actor,
         reference: r.reference,
         memo: r.memo,
+        rate_micros: r.rate_micros,
     }
 }
 
@@ -57,6 +58,7 @@ pub async fn welcome(
                 actor: "system",
                 reference: None,
                 memo: Some("welcome test credits"),
+                rate_micros: None,
             },
         )
         .await?;
@@ -232,6 +234,7 @@ pub async fn faucet(state: web::Data<AppState>, member: CurrentMember) -> ApiRes
             actor: "faucet",
             reference: None,
             memo: Some(&format!("requested by {}", member.email)),
+            rate_micros: None,
         },
         "Test credits from the faucet",
         &member.email,
@@ -319,6 +322,7 @@ pub async fn grant(
             actor: &operator.email,
             reference: None,
             memo,
+            rate_micros: None,
         },
         "Credits granted by an operator",
         &operator.email,
