@@ -31,6 +31,7 @@ pub struct Settings {
     /// Catalog APIs owned by this file: created or replaced at every start.
     pub catalog: Vec<tally_common::CatalogApiConfig>,
     pub gateway: GatewaySettings,
+    pub billing: BillingSettings,
 }
 
 impl Default for Settings {
@@ -46,6 +47,7 @@ impl Default for Settings {
             operators: Vec::new(),
             catalog: Vec::new(),
             gateway: GatewaySettings::default(),
+            billing: BillingSettings::default(),
         }
     }
 }
@@ -115,6 +117,65 @@ impl Default for GatewaySettings {
             poll_interval_ms: 500,
             key_cache_ttl_secs: 60,
             health_interval_secs: 5,
+        }
+    }
+}
+
+/// Top-ups, statements and low-balance alerts (C2, C4, C5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BillingSettings {
+    /// HMAC-SHA256 secret shared with the payment processor or chain watcher
+    /// that signs deposit notifications. Unset: the deposit endpoint answers
+    /// 503 and no top-up can complete.
+    pub deposit_secret: Option<SecretString>,
+    /// A deposit notification whose timestamp is further than this from the
+    /// server's clock is refused (replay protection).
+    pub deposit_tolerance_secs: i64,
+    /// Past the token generation event: RTITY is accepted besides USDC and USDT.
+    pub post_tge: bool,
+    /// Micro-credits per whole unit of each currency, used when `price_url`
+    /// is empty. 1,000,000 is one credit per unit.
+    pub rates: RateSettings,
+    /// Where current rates are fetched at each deposit (`{currency}` is
+    /// replaced by `USDC`, `USDT` or `RTITY`); the answer is JSON with
+    /// `credits_per_unit` as a decimal number or string. Empty: `rates`.
+    pub price_url: Option<String>,
+    /// How long a price fetch may take before the deposit is refused (502;
+    /// the processor retries).
+    pub price_timeout_ms: u64,
+    /// How often balances are compared with low-balance thresholds.
+    pub alert_check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RateSettings {
+    pub usdc: i64,
+    pub usdt: i64,
+    pub rtity: i64,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        RateSettings {
+            usdc: 1_000_000,
+            usdt: 1_000_000,
+            rtity: 1_000_000,
+        }
+    }
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        BillingSettings {
+            deposit_secret: None,
+            deposit_tolerance_secs: 300,
+            post_tge: false,
+            rates: RateSettings::default(),
+            price_url: None,
+            price_timeout_ms: 5000,
+            alert_check_interval_ms: 1000,
         }
     }
 }

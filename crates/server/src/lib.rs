@@ -6,6 +6,7 @@
 //! the same way the binary does.
 
 pub mod auth;
+pub mod billing;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -111,6 +112,10 @@ impl Application {
                 .await
                 .context("cannot load the catalog")?;
         gateway.start_background();
+        billing::start_alert_checker(
+            store.clone(),
+            std::time::Duration::from_millis(settings.billing.alert_check_interval_ms),
+        );
 
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

@@ -1,5 +1,6 @@
 //! Credits (C1, C2 grants and faucet): balances, the ledger, operator grants
-//! and the testnet faucet.
+//! and the testnet faucet. Top-ups are in `topups`, statements in
+//! `statements`, low-balance alerts in `alerts`.
 //!
 //! Policy: every credit goes through `credit()`: the namespace's account is
 //! loaded into the gateway first, then the ledger entry commits, then the
@@ -195,6 +196,12 @@ async fn credit(
         .gateway
         .accounts
         .credited(entry.namespace_id, entry.environment, entry.amount_micros);
+    // A credit may lift the balance back over a low-balance threshold (C5).
+    if let Err(e) =
+        crate::billing::check_alert(&state.store, entry.namespace_id, entry.environment).await
+    {
+        tracing::warn!(error = %e, "low-balance check after a credit failed");
+    }
     Ok(Ok(row))
 }
 

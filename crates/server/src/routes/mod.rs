@@ -1,6 +1,7 @@
 //! The route table: every REST handler is registered here, once, through
 //! utoipa-actix-web so the OpenAPI document is generated from the same table.
 
+pub mod alerts;
 pub mod auth;
 pub mod catalog;
 pub mod credits;
@@ -9,7 +10,9 @@ pub mod keys;
 pub mod me;
 pub mod members;
 pub mod namespaces;
+pub mod statements;
 pub mod system;
+pub mod topups;
 pub mod usage;
 
 use chrono::{TimeZone, Utc};
@@ -62,6 +65,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(credits::ledger)
                 .service(credits::faucet)
                 .service(credits::grant)
+                .service(topups::create_intent)
+                .service(topups::list_intents)
+                .service(topups::get_intent)
+                .service(topups::deposit)
+                .service(statements::list)
+                .service(statements::get)
+                .service(alerts::list)
+                .service(alerts::set)
+                .service(alerts::remove)
                 .service(catalog::list)
                 .service(catalog::admin_list)
                 .service(catalog::create)

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod billing;
 mod durability;
 mod events;
 mod gateway;
