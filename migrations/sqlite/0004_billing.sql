@@ -1,4 +1,4 @@
--- Top-ups, statements and low-balance alerts (C2, C4, C5).
+-- Top-ups, statements, low-balance alerts and auto top-ups (C2, C4, C5, C6).
 
 -- The conversion rate of a top-up: micro-credits per whole unit of the paid
 -- currency. Empty for entries that convert nothing (grants, faucet, usage).
@@ -47,6 +47,22 @@ CREATE TABLE low_balance_alerts (
     threshold_micros INTEGER NOT NULL,
     armed            INTEGER NOT NULL,
     last_fired_at    INTEGER,
+    updated_at       INTEGER NOT NULL,
+    PRIMARY KEY (namespace_id, environment)
+);
+
+-- An auto top-up rule (C6): when the balance drops below the threshold, a
+-- payment intent for `amount_units` of `currency` is created for the payment
+-- processor to pay from the namespace's standing authorization. Armed like
+-- an alert: one intent per downward crossing.
+CREATE TABLE auto_topups (
+    namespace_id     TEXT NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
+    environment      TEXT NOT NULL,
+    threshold_micros INTEGER NOT NULL,
+    amount_units     INTEGER NOT NULL,
+    currency         TEXT NOT NULL,
+    armed            INTEGER NOT NULL,
+    last_intent_id   TEXT,
     updated_at       INTEGER NOT NULL,
     PRIMARY KEY (namespace_id, environment)
 );

@@ -1,5 +1,5 @@
-//! Billing (C2, C4, C5): top-ups through payment intents and signed deposit
-//! notifications, monthly statements, low-balance alerts.
+//! Billing (C2, C4, C5, C6): top-ups through payment intents and signed deposit
+//! notifications, monthly statements, low-balance alerts, auto top-up rules.
 //!
 //! Currency amounts are integers in millionths of one unit (`_units`; USDC
 //! and USDT have 6 decimals), credits are micro-credits (`_micros`), and a
@@ -247,4 +247,41 @@ pub struct LowBalanceAlert {
 pub struct LowBalanceAlertList {
     /// One per environment that has a threshold.
     pub items: Vec<LowBalanceAlert>,
+}
+
+/// Set or change an auto top-up rule (C6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetAutoTopupRequest {
+    /// Below this balance (micro-credits; 1 to 1,000,000,000,000,000) a
+    /// payment intent is created.
+    pub threshold_micros: i64,
+    /// The intent's amount, in millionths of one unit of `currency`.
+    pub amount_units: i64,
+    pub currency: Currency,
+}
+
+/// An auto top-up rule: each time the balance drops below the threshold, a
+/// payment intent for the amount is created (event `topup.auto_intent_created`)
+/// for the payment processor to pay from the namespace's standing
+/// authorization; the deposit notification credits it as any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoTopup {
+    pub environment: Environment,
+    pub threshold_micros: i64,
+    pub amount_units: i64,
+    pub currency: Currency,
+    pub balance_micros: i64,
+    /// The next drop below the threshold creates an intent.
+    pub armed: bool,
+    /// The intent created at the last crossing.
+    pub last_intent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoTopupList {
+    /// One per environment that has a rule.
+    pub items: Vec<AutoTopup>,
 }

@@ -1,5 +1,5 @@
-//! Billing services behind the credit routes (C2, C5): deposit signatures,
-//! conversion rates, and the low-balance check.
+//! Billing services behind the credit routes (C2, C5, C6): deposit
+//! signatures, conversion rates, the low-balance check and auto top-ups.
 //!
 //! Policy:
 //! - A deposit notification is trusted only with a valid HMAC-SHA256 over
@@ -9,8 +9,8 @@
 //! - Rates are integers (micro-credits per whole unit of a currency), from the
 //!   config or fetched from `billing.price_url` at each deposit; a fetched
 //!   decimal is converted exactly, never through a float.
-//! - Low-balance alerts are checked by a background task that compares the
-//!   committed balances with the thresholds every
+//! - Low-balance alerts and auto top-up rules are checked by a background
+//!   task that compares the committed balances with the thresholds every
 //!   `billing.alert_check_interval_ms`, and at once after every credit the
 //!   REST API makes. The gateway's hot path is untouched: a call never waits
 //!   for an alert and debits need no extra write.
@@ -212,14 +212,77 @@ pub async fn check_alert(store: &Store, ns: &str, env: Environment) -> ApiResult
     Ok(())
 }
 
-/// Checks every alert whose state disagrees with its balance.
+/// Brings one auto top-up rule (C6) in line with its balance: below the
+/// threshold an armed rule creates one payment intent (and an event) in the
+/// transaction that disarms it; a balance back re-arms it.
+pub async fn check_auto_topup(store: &Store, ns: &str, env: Environment) -> ApiResult<()> {
+    let intent_id = tally_store::new_id("pi");
+    let mut tx = store.begin().await?;
+    let fired = tally_store::auto_topups::fire(&mut tx, ns, env, &intent_id).await?;
+    if let Some((amount_units, currency)) = fired {
+        tally_store::billing::insert_intent(
+            &mut tx,
+            &tally_store::billing::IntentRow {
+                id: intent_id.clone(),
+                namespace_id: ns.to_owned(),
+                environment: env,
+                currency,
+                amount_units,
+                status: tally_common::IntentStatus::Pending,
+                created_by: AUTO_TOPUP_ACTOR.to_owned(),
+                created_at: tally_store::now_ms(),
+                deposit: None,
+            },
+        )
+        .await?;
+        tally_store::events::insert(
+            &mut tx,
+            NewEvent {
+                namespace_id: Some(ns),
+                environment: Some(env),
+                kind: "topup.auto_intent_created",
+                severity: Severity::Info,
+                message: &format!(
+                    "The {env} balance dropped below the auto top-up threshold: payment \
+                     intent {intent_id} for {} {currency} created",
+                    credits(amount_units)
+                ),
+                actor: Some(AUTO_TOPUP_ACTOR),
+            },
+        )
+        .await?;
+    } else {
+        tally_store::auto_topups::rearm(&mut tx, ns, env).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Who creates the intents of auto top-up rules.
+pub const AUTO_TOPUP_ACTOR: &str = "auto top-up";
+
+/// Both balance rules of one namespace and environment: the low-balance
+/// alert and the auto top-up rule.
+pub async fn check_balance_rules(store: &Store, ns: &str, env: Environment) -> ApiResult<()> {
+    check_alert(store, ns, env).await?;
+    check_auto_topup(store, ns, env).await
+}
+
+/// Checks every alert and auto top-up rule whose state disagrees with its
+/// balance.
 pub async fn check_alerts(store: &Store) -> ApiResult<()> {
-    let pending = {
+    let (alerts, rules) = {
         let mut conn = store.conn().await?;
-        tally_store::alerts::pending(&mut conn, 1000).await?
+        (
+            tally_store::alerts::pending(&mut conn, 1000).await?,
+            tally_store::auto_topups::pending(&mut conn, 1000).await?,
+        )
     };
-    for a in pending {
+    for a in alerts {
         check_alert(store, &a.namespace_id, a.environment).await?;
+    }
+    for r in rules {
+        check_auto_topup(store, &r.namespace_id, r.environment).await?;
     }
     Ok(())
 }

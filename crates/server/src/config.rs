@@ -144,7 +144,8 @@ pub struct BillingSettings {
     /// How long a price fetch may take before the deposit is refused (502;
     /// the processor retries).
     pub price_timeout_ms: u64,
-    /// How often balances are compared with low-balance thresholds.
+    /// How often balances are compared with low-balance alert and auto
+    /// top-up thresholds.
     pub alert_check_interval_ms: u64,
 }
 

@@ -25,7 +25,7 @@ use utoipa_actix_web::AppExt;
         (name = "events", description = "The event log (D4)"),
         (name = "keys", description = "API keys for the gateway (K1-K7)"),
         (name = "catalog", description = "APIs callable through the gateway, their upstreams and prices"),
-        (name = "credits", description = "Balances, the ledger, grants, the testnet faucet, top-ups, statements and low-balance alerts (C1-C5)"),
+        (name = "credits", description = "Balances, the ledger, grants, the testnet faucet, top-ups, statements, low-balance alerts and auto top-ups (C1-C6)"),
         (name = "usage", description = "Recorded gateway calls (G4) and the Playground"),
         (name = "gateway", description = "The data plane: OpenAI-compatible endpoints and every other catalog API (G1-G5); authenticate with an API key"),
     )

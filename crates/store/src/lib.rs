@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod alerts;
+pub mod auto_topups;
 pub mod billing;
 pub mod catalog;
 pub mod events;

@@ -198,7 +198,8 @@ async fn credit(
         .credited(entry.namespace_id, entry.environment, entry.amount_micros);
     // A credit may lift the balance back over a low-balance threshold (C5).
     if let Err(e) =
-        crate::billing::check_alert(&state.store, entry.namespace_id, entry.environment).await
+        crate::billing::check_balance_rules(&state.store, entry.namespace_id, entry.environment)
+            .await
     {
         tracing::warn!(error = %e, "low-balance check after a credit failed");
     }

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod auto_topups;
 pub mod catalog;
 pub mod credits;
 pub mod events;
@@ -74,6 +75,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(alerts::list)
                 .service(alerts::set)
                 .service(alerts::remove)
+                .service(auto_topups::list)
+                .service(auto_topups::set)
+                .service(auto_topups::remove)
                 .service(catalog::list)
                 .service(catalog::admin_list)
                 .service(catalog::create)

@@ -518,7 +518,7 @@ pub async fn deposit(
         match commit_deposit(&state, &intent, &n, rate, credited).await? {
             Outcome::Credited(d) => {
                 if let Err(e) =
-                    billing::check_alert(&state.store, &d.namespace_id, d.environment).await
+                    billing::check_balance_rules(&state.store, &d.namespace_id, d.environment).await
                 {
                     tracing::warn!(error = %e, "low-balance check after a top-up failed");
                 }

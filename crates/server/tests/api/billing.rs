@@ -8,9 +8,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_common::{
-    Balances, DepositResult, Environment, ErrorCode, EventPage, IntentStatus, LedgerPage,
-    LowBalanceAlert, LowBalanceAlertList, PaymentIntent, PaymentIntentPage, Statement,
-    StatementList,
+    AutoTopup, AutoTopupList, Balances, DepositResult, Environment, ErrorCode, EventPage,
+    IntentStatus, LedgerPage, LowBalanceAlert, LowBalanceAlertList, PaymentIntent,
+    PaymentIntentPage, Statement, StatementList,
 };
 use tally_server::config::Settings;
 
@@ -28,6 +28,7 @@ backend_tests!(
     statements_add_up_to_the_ledger_for_closed_and_running_months,
     a_low_balance_alert_fires_once_per_crossing_and_rearms,
     billing_data_of_another_namespace_is_never_visible_and_roles_apply,
+    an_auto_top_up_rule_creates_one_intent_per_crossing,
 );
 
 const SECRET: &str = "whsec-test-0123456789abcdef";
@@ -1024,6 +1025,7 @@ async fn billing_data_of_another_namespace_is_never_visible_and_roles_apply(back
         foreign("/credits/statements"),
         foreign("/credits/statements/2026-11"),
         foreign("/credits/alerts"),
+        foreign("/credits/auto-topups"),
     ] {
         let res = app.get(&path, Some(&stranger.token)).await;
         assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
@@ -1083,7 +1085,11 @@ async fn billing_data_of_another_namespace_is_never_visible_and_roles_apply(back
 
     // Roles: developers and viewers see no billing data but the alerts; billing does.
     for user in [&developer, &viewer] {
-        for path in [foreign("/credits/intents"), foreign("/credits/statements")] {
+        for path in [
+            foreign("/credits/intents"),
+            foreign("/credits/statements"),
+            foreign("/credits/auto-topups"),
+        ] {
             let res = app.get(&path, Some(&user.token)).await;
             assert_error(res, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
         }
@@ -1100,6 +1106,15 @@ async fn billing_data_of_another_namespace_is_never_visible_and_roles_apply(back
             .put(app.url(&foreign("/credits/alerts/live")))
             .bearer_auth(&user.token)
             .json(&json!({"threshold_micros": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
+        let res = app
+            .client
+            .put(app.url(&foreign("/credits/auto-topups/live")))
+            .bearer_auth(&user.token)
+            .json(&json!({"threshold_micros": 1, "amount_units": 1, "currency": "USDC"}))
             .send()
             .await
             .unwrap();
@@ -1131,4 +1146,222 @@ async fn billing_data_of_another_namespace_is_never_visible_and_roles_apply(back
     assert_error(res, StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized).await;
     assert_ledger_consistent(&app, &owner).await;
     assert_ledger_consistent(&app, &stranger).await;
+}
+
+async fn put_rule(app: &TestApp, user: &User, env: &str, body: Value) -> reqwest::Response {
+    app.client
+        .put(app.url(&ns(user, &format!("/credits/auto-topups/{env}"))))
+        .bearer_auth(&user.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn auto_intents(app: &TestApp, user: &User) -> Vec<PaymentIntent> {
+    let page: PaymentIntentPage = json(
+        app.get(&ns(user, "/credits/intents"), Some(&user.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    page.items
+        .into_iter()
+        .filter(|i| i.created_by == "auto top-up")
+        .collect()
+}
+
+/// Waits until the namespace has `n` intents from its auto top-up rule, then
+/// a little longer to see that no more come.
+async fn expect_auto_intents(app: &TestApp, user: &User, n: usize) -> Vec<PaymentIntent> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = auto_intents(app, user).await.len();
+        assert!(got <= n, "{got} auto top-up intents, expected {n}");
+        if got == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} auto top-up intents after 10 s, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let intents = auto_intents(app, user).await;
+    assert_eq!(intents.len(), n, "no further auto top-up intents");
+    intents
+}
+
+async fn an_auto_top_up_rule_creates_one_intent_per_crossing(backend: Backend) {
+    let app = billing_app(backend, |s| s.billing.alert_check_interval_ms = 50).await;
+    let user = app.signup("dev").await;
+    let key: tally_common::CreatedKey = json(
+        app.post(
+            &ns(&user, "/keys"),
+            Some(&user.token),
+            json!({"name": "k", "environment": "test"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let spend = |n: usize| {
+        let app = &app;
+        let secret = key.secret.clone();
+        async move {
+            for _ in 0..n {
+                let res = app
+                    .client
+                    .post(app.url("/v1/chat/completions"))
+                    .bearer_auth(&secret)
+                    .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+            }
+        }
+    };
+
+    let start = balance(&app, &user, Environment::Test).await;
+    let rule: AutoTopup = json(
+        put_rule(
+            &app,
+            &user,
+            "test",
+            json!({"threshold_micros": start - 1, "amount_units": 2_000_000, "currency": "USDC"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(rule.armed && rule.last_intent_id.is_none(), "{rule:?}");
+    assert!(auto_intents(&app, &user).await.is_empty());
+
+    // The first call crosses: one intent; more calls below create no more.
+    spend(1).await;
+    let intents = expect_auto_intents(&app, &user, 1).await;
+    spend(2).await;
+    expect_auto_intents(&app, &user, 1).await;
+    let first = &intents[0];
+    assert_eq!(
+        (
+            first.environment,
+            first.currency,
+            first.amount_units,
+            first.status
+        ),
+        (
+            Environment::Test,
+            tally_common::Currency::Usdc,
+            2_000_000,
+            IntentStatus::Pending
+        )
+    );
+    let list: AutoTopupList = json(
+        app.get(&ns(&user, "/credits/auto-topups"), Some(&user.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(list.items.len(), 1);
+    assert!(!list.items[0].armed);
+    assert_eq!(
+        list.items[0].last_intent_id.as_deref(),
+        Some(first.id.as_str())
+    );
+    assert_eq!(
+        events_of_kind(&app, &user, "topup.auto_intent_created")
+            .await
+            .len(),
+        1
+    );
+
+    // The processor pays it: back above the threshold, re-armed; the next drop
+    // creates the next intent.
+    let before = balance(&app, &user, Environment::Test).await;
+    json::<DepositResult>(
+        notify(&app, &deposit_body("auto-1", first, 2_000_000)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        balance(&app, &user, Environment::Test).await,
+        before + 2_000_000
+    );
+    let list: AutoTopupList = json(
+        app.get(&ns(&user, "/credits/auto-topups"), Some(&user.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(list.items[0].armed, "{:?}", list.items[0]);
+    let mut calls = 0;
+    while balance(&app, &user, Environment::Test).await >= start - 1 {
+        spend(1).await;
+        calls += 1;
+        assert!(calls < 2000);
+    }
+    let intents = expect_auto_intents(&app, &user, 2).await;
+    assert_ne!(intents[0].id, first.id);
+
+    // A rule set above the balance creates its intent at once.
+    let live: AutoTopup = json(
+        put_rule(
+            &app,
+            &user,
+            "live",
+            json!({"threshold_micros": 5_000_000, "amount_units": 10_000_000, "currency": "USDT"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(!live.armed && live.last_intent_id.is_some(), "{live:?}");
+    assert_eq!(auto_intents(&app, &user).await.len(), 3);
+
+    // Bad input changes nothing; removal.
+    for (body, code) in [
+        (
+            json!({"threshold_micros": 0, "amount_units": 1, "currency": "USDC"}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            json!({"threshold_micros": 1, "amount_units": 0, "currency": "USDC"}),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            json!({"threshold_micros": 1, "amount_units": 1, "currency": "RTITY"}),
+            ErrorCode::UnsupportedCurrency,
+        ),
+        (
+            json!({"threshold_micros": 1, "amount_units": 1}),
+            ErrorCode::InvalidJson,
+        ),
+    ] {
+        let res = put_rule(&app, &user, "test", body).await;
+        assert_error(res, StatusCode::BAD_REQUEST, code).await;
+    }
+    let list: AutoTopupList = json(
+        app.get(&ns(&user, "/credits/auto-topups"), Some(&user.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let test_rule = list
+        .items
+        .iter()
+        .find(|r| r.environment == Environment::Test)
+        .unwrap();
+    assert_eq!(test_rule.threshold_micros, start - 1);
+    let res = app
+        .delete(&ns(&user, "/credits/auto-topups/live"), &user.token)
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .delete(&ns(&user, "/credits/auto-topups/live"), &user.token)
+        .await;
+    assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    assert_ledger_consistent(&app, &user).await;
 }
