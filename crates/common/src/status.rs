@@ -12,6 +12,10 @@ pub struct ServerStatus {
     pub uptime_seconds: i64,
     /// `sqlite` or `postgres`.
     pub database: String,
+    /// What top-ups accept: USDC and USDT, and RTITY once the server is past
+    /// the token generation event.
+    #[serde(default)]
+    pub topup_currencies: Vec<crate::Currency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Health, readiness, status (uptime, D7) and metrics (O2).
 
 use actix_web::{get, web, HttpResponse};
-use tally_common::{ErrorCode, HealthStatus, ServerStatus};
+use tally_common::{Currency, ErrorCode, HealthStatus, ServerStatus};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -50,6 +50,10 @@ pub async fn status(state: web::Data<AppState>) -> web::Json<ServerStatus> {
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         uptime_seconds: state.uptime_seconds(),
         database: state.store.backend().as_str().into(),
+        topup_currencies: Currency::ALL
+            .into_iter()
+            .filter(|c| crate::billing::accepts(&state.settings.billing, *c))
+            .collect(),
     })
 }
 

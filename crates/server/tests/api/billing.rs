@@ -518,7 +518,9 @@ async fn rates_come_from_the_price_feed_and_a_failing_feed_credits_nothing(backe
     assert_eq!(res.deposit.rate_micros, 980_000);
     assert_eq!(res.deposit.credited_micros, 9_800_000);
 
-    // After TGE, RTITY is accepted and converted at its own rate.
+    // After TGE, RTITY is accepted (and the status says so) and converted at its own rate.
+    let status: Value = json(app.get("/api/v1/status", None).await, StatusCode::OK).await;
+    assert_eq!(status["topup_currencies"], json!(["USDC", "USDT", "RTITY"]));
     let rtity = create_intent(&app, &user, "live", "RTITY", 4_000_000).await;
     let res: DepositResult = json(
         notify(&app, &deposit_body("feed-2", &rtity, 4_000_000)).await,

@@ -1,5 +1,5 @@
 use reqwest::StatusCode;
-use tally_common::{ErrorCode, HealthStatus, ServerStatus};
+use tally_common::{Currency, ErrorCode, HealthStatus, ServerStatus};
 
 use crate::helpers::{assert_error, backend_tests, json, spawn_app, Backend};
 
@@ -26,6 +26,8 @@ async fn health_readiness_and_status_answer(backend: Backend) {
     };
     assert_eq!(status.database, expected);
     assert!(chrono::DateTime::parse_from_rfc3339(&status.started_at).is_ok());
+    // Before the token generation event (the default) top-ups take stablecoins only.
+    assert_eq!(status.topup_currencies, [Currency::Usdc, Currency::Usdt]);
 }
 
 async fn metrics_are_exposed_by_route_template(backend: Backend) {
