@@ -11,7 +11,8 @@ use leptos_router::path;
 
 use crate::components::layout::Layout;
 use crate::pages::{
-    auth, catalog, credits, dashboard, keys, placeholder::Placeholder, playground, settings,
+    auth, catalog, credits, dashboard, finance, keys, placeholder::Placeholder, playground,
+    settings,
 };
 
 #[component]
@@ -32,9 +33,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("monitoring") view=|| view! {
                         <Placeholder title="Monitoring" text="Request volume, error rate, latency percentiles and cost over time, with filters, breakdowns, a request log and exports." />
                     } />
-                    <Route path=path!("finance") view=|| view! {
-                        <Placeholder title="Finance" text="Top-ups with stablecoins, monthly invoices and statements, spending exports, low-balance alerts and auto top-up. Balances, the ledger and test credits are on the Credits page." />
-                    } />
+                    <Route path=path!("finance") view=finance::Finance />
                     <Route path=path!("apis") view=|| view! {
                         <Placeholder title="APIs" text="Register your own APIs, price them and earn credits when others call them." />
                     } />

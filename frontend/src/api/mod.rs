@@ -70,6 +70,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -78,6 +79,7 @@ fn builder(method: Method, path: &str) -> RequestBuilder {
     match method {
         Method::Get => Request::get(path),
         Method::Post => Request::post(path),
+        Method::Put => Request::put(path),
         Method::Patch => Request::patch(path),
         Method::Delete => Request::delete(path),
     }
@@ -144,6 +146,15 @@ async fn authed<T: DeserializeOwned>(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> ApiResult<T> {
+    decode(authed_response(method, path, body).await?).await
+}
+
+/// A signed-in call's raw response (after renewing the session once if needed).
+async fn authed_response(
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> ApiResult<Response> {
     let Some(tokens) = stored_tokens() else {
         crate::state::session_ended();
         return Err(ApiError {
@@ -154,7 +165,7 @@ async fn authed<T: DeserializeOwned>(
     };
     let res = send(method, path, body.as_ref(), Some(&tokens.access_token)).await?;
     if res.status() != 401 {
-        return decode(res).await;
+        return Ok(res);
     }
     // The access token expired (or was rejected): renew the session once.
     let renewed = send(
@@ -171,8 +182,7 @@ async fn authed<T: DeserializeOwned>(
     }
     let auth: AuthResponse = decode(renewed).await?;
     let tokens = store_tokens(&auth);
-    let res = send(method, path, body.as_ref(), Some(&tokens.access_token)).await?;
-    decode(res).await
+    send(method, path, body.as_ref(), Some(&tokens.access_token)).await
 }
 
 fn to_value<T: Serialize>(v: &T) -> Option<serde_json::Value> {
@@ -397,4 +407,102 @@ pub async fn usage(
 pub async fn playground(ns: &str, req: &PlaygroundRequest) -> ApiResult<PlaygroundResponse> {
     let path = format!("/api/v1/namespaces/{ns}/playground");
     authed(Method::Post, &path, to_value(req)).await
+}
+
+// --- Billing: top-ups, statements, alerts, auto top-up ---------------------------
+
+pub async fn create_intent(ns: &str, req: &CreateIntentRequest) -> ApiResult<PaymentIntent> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/intents");
+    authed(Method::Post, &path, to_value(req)).await
+}
+
+pub async fn intents(ns: &str, env: Environment, limit: u32) -> ApiResult<PaymentIntentPage> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/intents?environment={env}&limit={limit}");
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn intent(ns: &str, intent_id: &str) -> ApiResult<PaymentIntent> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/intents/{intent_id}");
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn statements(ns: &str, env: Environment) -> ApiResult<StatementList> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/statements?environment={env}");
+    authed(Method::Get, &path, None).await
+}
+
+/// The path of a month's statement as `json` or `csv`, for [`download`].
+pub fn statement_path(ns: &str, env: Environment, month: &str, format: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/credits/statements/{month}?environment={env}&format={format}")
+}
+
+/// Fetches `path` with the session's token and hands the body to the browser
+/// as a file named `filename`: a plain link could not carry the token.
+pub async fn download(path: &str, filename: &str) -> ApiResult<()> {
+    use wasm_bindgen::JsCast;
+    let res = authed_response(Method::Get, path, None).await?;
+    if !res.ok() {
+        return Err(error_of(res).await);
+    }
+    let failed = |what: &str| ApiError::network(format!("cannot save the download ({what})"));
+    let raw: web_sys::Response = res.into();
+    let promise = raw.blob().map_err(|_| failed("body"))?;
+    let blob: web_sys::Blob = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|_| failed("body"))?
+        .unchecked_into();
+    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|_| failed("url"))?;
+    let link = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.create_element("a").ok())
+        .and_then(|a| a.dyn_into::<web_sys::HtmlElement>().ok())
+        .ok_or_else(|| failed("link"))?;
+    let _ = link.set_attribute("href", &url);
+    let _ = link.set_attribute("download", filename);
+    link.click();
+    let _ = web_sys::Url::revoke_object_url(&url);
+    Ok(())
+}
+
+pub async fn alerts(ns: &str) -> ApiResult<LowBalanceAlertList> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/alerts");
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn set_alert(
+    ns: &str,
+    env: Environment,
+    threshold_micros: i64,
+) -> ApiResult<LowBalanceAlert> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/alerts/{env}");
+    authed(
+        Method::Put,
+        &path,
+        to_value(&SetAlertRequest { threshold_micros }),
+    )
+    .await
+}
+
+pub async fn remove_alert(ns: &str, env: Environment) -> ApiResult<()> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/alerts/{env}");
+    authed(Method::Delete, &path, None).await
+}
+
+pub async fn auto_topups(ns: &str) -> ApiResult<AutoTopupList> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/auto-topups");
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn set_auto_topup(
+    ns: &str,
+    env: Environment,
+    req: &SetAutoTopupRequest,
+) -> ApiResult<AutoTopup> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/auto-topups/{env}");
+    authed(Method::Put, &path, to_value(req)).await
+}
+
+pub async fn remove_auto_topup(ns: &str, env: Environment) -> ApiResult<()> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/auto-topups/{env}");
+    authed(Method::Delete, &path, None).await
 }

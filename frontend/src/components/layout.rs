@@ -17,7 +17,7 @@ const AREAS: [(&str, &str, bool); 12] = [
     ("/playground", "Playground", true),
     ("/credits", "Credits", true),
     ("/monitoring", "Monitoring", false),
-    ("/finance", "Finance", false),
+    ("/finance", "Finance", true),
     ("/catalog", "Catalog", true),
     ("/apis", "APIs", false),
     ("/subclouds", "Subclouds", false),

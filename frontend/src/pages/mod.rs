@@ -2,6 +2,7 @@ pub mod auth;
 pub mod catalog;
 pub mod credits;
 pub mod dashboard;
+pub mod finance;
 pub mod keys;
 pub mod placeholder;
 pub mod playground;

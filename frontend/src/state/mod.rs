@@ -84,6 +84,13 @@ impl AppState {
             .is_some_and(|n| matches!(n.role, Role::Owner | Role::Admin | Role::Developer))
     }
 
+    /// Billing members, admins and owners top up, read invoices and change
+    /// billing settings.
+    pub fn can_bill(&self) -> bool {
+        self.current()
+            .is_some_and(|n| matches!(n.role, Role::Owner | Role::Admin | Role::Billing))
+    }
+
     pub fn can_manage(&self) -> bool {
         self.current()
             .is_some_and(|n| matches!(n.role, Role::Owner | Role::Admin))
