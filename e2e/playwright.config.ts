@@ -26,6 +26,11 @@ if (!process.env.TALLY_E2E_PORT) {
 if (!process.env.TALLY_E2E_DATA_DIR) {
   process.env.TALLY_E2E_DATA_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'tally-e2e-'));
 }
+// The secret that signs deposit notifications (C2): the server reads it as
+// `billing.deposit_secret`, the tests sign with it.
+if (!process.env.TALLY_E2E_DEPOSIT_SECRET) {
+  process.env.TALLY_E2E_DEPOSIT_SECRET = `e2e-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
 const port = Number(process.env.TALLY_E2E_PORT);
 const dataDir = process.env.TALLY_E2E_DATA_DIR;
 const baseURL = `http://127.0.0.1:${port}`;
@@ -60,6 +65,7 @@ export default defineConfig({
     command: `"${bin}" serve --bind 127.0.0.1:${port} --data-dir "${dataDir}" --static-dir "${staticDir}"`,
     url: `${baseURL}/readyz`,
     timeout: 60_000,
+    env: { TALLY_BILLING__DEPOSIT_SECRET: process.env.TALLY_E2E_DEPOSIT_SECRET },
     reuseExistingServer: false,
     stdout: 'ignore',
     stderr: 'pipe',

@@ -89,7 +89,6 @@ test('areas not built yet say so plainly', async ({ page }) => {
   await signUp(page, uniqueEmail('areas'));
   for (const [link, title] of [
     ['Monitoring', 'Monitoring'],
-    ['Finance', 'Finance'],
     ['APIs', 'APIs'],
     ['Subclouds', 'Subclouds'],
     ['Webhooks', 'Webhooks'],
