@@ -20,11 +20,13 @@ pub mod events;
 pub mod keys;
 pub mod ledger;
 pub mod namespaces;
+pub mod recorder;
 pub mod sessions;
 pub mod settings;
 pub mod statements;
 pub mod usage;
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -73,6 +75,9 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// From the gateway writer's own SQLite connection ([`recorder`]).
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -100,6 +105,8 @@ pub(crate) fn bad_value(what: &str, value: &str) -> StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database file, on SQLite (not for in-memory databases).
+    sqlite_file: Option<PathBuf>,
 }
 
 /// Options for [`Store::connect`].
@@ -117,6 +124,19 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(&opts.url).ok_or(StoreError::UnsupportedUrl)?;
         let connect_opts = AnyConnectOptions::from_str(&opts.url)?;
+        let sqlite_file = match backend {
+            Backend::Sqlite => {
+                let o = sqlx::sqlite::SqliteConnectOptions::from_str(&opts.url)?;
+                let file = o.get_filename();
+                // sqlx names in-memory databases `file:sqlx-in-memory-N`.
+                let in_memory = file.as_os_str().is_empty()
+                    || file.to_string_lossy().starts_with("file:")
+                    || opts.url.contains(":memory:")
+                    || opts.url.contains("mode=memory");
+                (!in_memory).then(|| file.to_path_buf())
+            }
+            Backend::Postgres => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -134,7 +154,11 @@ impl Store {
             })
             .connect_with(connect_opts)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_file,
+        })
     }
 
     /// Applies the migrations of this backend that have not run yet.
@@ -149,6 +173,12 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The SQLite database file, for a connection outside the pool (the
+    /// gateway's writer); `None` on PostgreSQL and for in-memory databases.
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 
     pub fn pool(&self) -> &AnyPool {

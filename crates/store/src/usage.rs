@@ -97,30 +97,13 @@ pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord]) -> Res
 
     // One balance update per account, then each entry's balance-after is
     // counted back from the new balance in call order.
-    let mut totals: HashMap<(&str, Environment), i64> = HashMap::new();
-    for c in calls.iter().filter(|c| c.cost_micros != 0) {
-        *totals.entry((&c.namespace_id, c.environment)).or_default() += c.cost_micros;
-    }
-    let mut running: HashMap<(&str, Environment), i64> = HashMap::new();
-    for (&(ns, env), &total) in &totals {
-        let after = ledger::add_to_balance(conn, ns, env, -total).await?;
-        running.insert((ns, env), after + total);
-    }
-    let charged: Vec<(&CallRecord, i64)> = calls
-        .iter()
-        .filter(|c| c.cost_micros != 0)
-        .map(|c| {
-            let bal = running
-                .get_mut(&(c.namespace_id.as_str(), c.environment))
-                .map(|b| {
-                    *b -= c.cost_micros;
-                    *b
-                })
-                .unwrap_or_default();
-            (c, bal)
-        })
-        .collect();
     let now = now_ms();
+    let mut after = Vec::new();
+    for (ns, env, total) in totals(calls) {
+        let b = ledger::add_to_balance(conn, ns, env, -total).await?;
+        after.push((ns, env, b));
+    }
+    let charged = ledger_lines(calls, &after);
     for chunk in charged.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO ledger_entries (namespace_id, environment, time, kind, amount_micros, \
@@ -143,6 +126,55 @@ pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord]) -> Res
         q.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// What a batch takes from each account (namespace, environment, micro-credits),
+/// in the order the accounts first appear.
+pub(crate) fn totals(calls: &[CallRecord]) -> Vec<(&str, Environment, i64)> {
+    let mut out: Vec<(&str, Environment, i64)> = Vec::new();
+    let mut index: HashMap<(&str, Environment), usize> = HashMap::new();
+    for c in calls.iter().filter(|c| c.cost_micros != 0) {
+        let i = *index
+            .entry((c.namespace_id.as_str(), c.environment))
+            .or_insert_with(|| {
+                out.push((&c.namespace_id, c.environment, 0));
+                out.len() - 1
+            });
+        out[i].2 += c.cost_micros;
+    }
+    out
+}
+
+/// The ledger entries of a batch: every call with a cost, in call order, with
+/// the balance after its entry, counted back from each account's balance after
+/// the whole batch (`after`, one per account of [`totals`]).
+pub(crate) fn ledger_lines<'a>(
+    calls: &'a [CallRecord],
+    after: &[(&str, Environment, i64)],
+) -> Vec<(&'a CallRecord, i64)> {
+    let totals: HashMap<(&str, Environment), i64> = totals(calls)
+        .into_iter()
+        .map(|(ns, env, total)| ((ns, env), total))
+        .collect();
+    // Start from each balance before the batch.
+    let mut running: HashMap<(&str, Environment), i64> = after
+        .iter()
+        .map(|&(ns, env, b)| ((ns, env), b + totals.get(&(ns, env)).copied().unwrap_or(0)))
+        .collect();
+    calls
+        .iter()
+        .filter(|c| c.cost_micros != 0)
+        .map(|c| {
+            let bal = running
+                .get_mut(&(c.namespace_id.as_str(), c.environment))
+                .map(|b| {
+                    *b -= c.cost_micros;
+                    *b
+                })
+                .unwrap_or_default();
+            (c, bal)
+        })
+        .collect()
 }
 
 fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
