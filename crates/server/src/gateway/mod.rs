@@ -204,7 +204,7 @@ impl Gateway {
             limiters: DashMap::new(),
             accounts: Accounts::new(store.clone()),
             catalog: RwLock::new(Arc::new(catalog)),
-            writer: Writer::start(store.clone()),
+            writer: Writer::start(store.clone())?,
             client,
             store,
             settings,

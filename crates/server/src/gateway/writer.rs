@@ -1,15 +1,23 @@
 //! Group commit of gateway calls (G4).
 //!
-//! Policy: one task owns every write of the hot path. It takes everything
+//! Policy: one writer owns every write of the hot path. It takes everything
 //! queued, records the whole batch in one transaction (usage rows, ledger
 //! entries, one balance update per account) and then wakes the calls waiting
 //! on it. A call answers its client only after that, so a call that got its
 //! response is in usage and the ledger even if the process dies right after.
 //! While one batch commits the next one queues, so the batch grows with load
 //! and the cost of a commit is shared by every call in it.
+//!
+//! On SQLite the writer is a thread of its own with a direct connection
+//! ([`tally_store::recorder`]): no async hops per statement, statements
+//! prepared once, and most of the WAL checkpointing moved to a second thread.
+//! On PostgreSQL it is a task on the runtime using the pool.
 
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use tally_store::recorder::{Checkpointer, SqliteRecorder};
 use tally_store::usage::CallRecord;
 use tally_store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 2048;
 /// Attempts before the calls of a batch are told it failed.
 const ATTEMPTS: u32 = 3;
+/// How long the checkpointer lets commits gather in the WAL before it copies
+/// them into the database and syncs: often enough that little is left to
+/// copy or flush when the writer restarts the WAL, rarely enough that its
+/// syncs cost little.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 struct Job {
     call: CallRecord,
@@ -30,11 +43,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> Self {
+    /// Starts the writer: a thread with its own connection on SQLite, a task
+    /// on the current runtime on PostgreSQL.
+    pub fn start(store: Store) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx));
-        Writer { tx }
+        match store.sqlite_file() {
+            Some(path) => start_sqlite(path, rx)?,
+            None => {
+                tokio::spawn(run(store, rx));
+            }
+        }
+        Ok(Writer { tx })
     }
 
     /// Queues a call and waits until it is committed; false if it could not be.
@@ -47,26 +66,90 @@ impl Writer {
     }
 }
 
+/// Takes the next batch: waits for one call, then everything else queued.
+fn batch(
+    first: Job,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    calls: &mut Vec<CallRecord>,
+    waiting: &mut Vec<oneshot::Sender<bool>>,
+) {
+    let mut next = Some(first);
+    while let Some(job) = next {
+        calls.push(job.call);
+        waiting.push(job.done);
+        next = if calls.len() < MAX_BATCH {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+    }
+}
+
+fn finish_batch(ok: bool, calls: &mut Vec<CallRecord>, waiting: &mut Vec<oneshot::Sender<bool>>) {
+    metrics::histogram!("tally_gateway_commit_batch_size").record(calls.len() as f64);
+    calls.clear();
+    for done in waiting.drain(..) {
+        let _ = done.send(ok);
+    }
+}
+
+fn start_sqlite(path: &Path, mut rx: mpsc::UnboundedReceiver<Job>) -> anyhow::Result<()> {
+    let mut recorder = SqliteRecorder::open(path)?;
+    let checkpointer = Checkpointer::open(path)?;
+    // One message per commit, at most one waiting: the checkpointer only
+    // needs to know that something was written since its last run.
+    let (written, wakeups) = std_mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("tally-checkpoint".into())
+        .spawn(move || checkpoints(&checkpointer, &wakeups))?;
+    std::thread::Builder::new()
+        .name("tally-writer".into())
+        .spawn(move || {
+            let mut calls: Vec<CallRecord> = Vec::with_capacity(64);
+            let mut waiting: Vec<oneshot::Sender<bool>> = Vec::with_capacity(64);
+            while let Some(first) = rx.blocking_recv() {
+                batch(first, &mut rx, &mut calls, &mut waiting);
+                let mut ok = false;
+                for attempt in 1..=ATTEMPTS {
+                    match recorder.record_calls(&calls) {
+                        Ok(()) => {
+                            ok = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(attempt, calls = calls.len(), error = %e, "recording gateway calls failed");
+                            std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+                        }
+                    }
+                }
+                finish_batch(ok, &mut calls, &mut waiting);
+                let _ = written.try_send(());
+            }
+            // Every sender is gone: the gateway was dropped. Dropping
+            // `written` stops the checkpointer.
+        })?;
+    Ok(())
+}
+
+/// The checkpointer's loop: after something was written, wait a little for
+/// more, then checkpoint. Ends when the writer does.
+fn checkpoints(checkpointer: &Checkpointer, wakeups: &std_mpsc::Receiver<()>) {
+    while wakeups.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        while wakeups.try_recv().is_ok() {}
+        if let Err(e) = checkpointer.run() {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut calls: Vec<CallRecord> = Vec::with_capacity(64);
     let mut waiting: Vec<oneshot::Sender<bool>> = Vec::with_capacity(64);
     while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(job) = next {
-            calls.push(job.call);
-            waiting.push(job.done);
-            next = if calls.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
+        batch(first, &mut rx, &mut calls, &mut waiting);
         let ok = commit_with_retries(&store, &calls).await;
-        metrics::histogram!("tally_gateway_commit_batch_size").record(calls.len() as f64);
-        calls.clear();
-        for done in waiting.drain(..) {
-            let _ = done.send(ok);
-        }
+        finish_batch(ok, &mut calls, &mut waiting);
     }
 }
 
