@@ -191,11 +191,7 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Self>> {
         catalog_sync(&store, config_apis).await?;
         let catalog = load_catalog(&store).await?;
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(512)
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        let client = upstream_client()?;
         Ok(Arc::new(Gateway {
             keys: KeyCache::new(
                 store.clone(),
@@ -658,6 +654,35 @@ impl Gateway {
             tokens_in,
             tokens_out,
             cost_micros: cost,
+        })
+    }
+}
+
+/// A client for upstream calls: keep-alive pool, no Nagle delay.
+fn upstream_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(512)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+}
+
+thread_local! {
+    /// The upstream client of the HTTP worker thread a call runs on.
+    static WORKER_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+}
+
+impl Gateway {
+    /// The client that forwards a call: one per worker thread. A client's
+    /// connections are driven by the runtime that opened them, and a pool
+    /// shared by every thread hands a worker connections that another thread
+    /// (e.g. the one running the health probes) drives, which costs two thread
+    /// switches per call. With a client of its own, a worker's calls stay on
+    /// its thread from the client's request to the upstream's answer.
+    fn forwarding_client(&self) -> reqwest::Client {
+        WORKER_CLIENT.with(|c| {
+            c.get_or_init(|| upstream_client().unwrap_or_else(|_| self.client.clone()))
+                .clone()
         })
     }
 }

@@ -169,6 +169,7 @@ pub async fn forward(
     let targets = pool.order(tally_store::now_ms());
     let last = targets.len().saturating_sub(1);
     let upstream_started = Instant::now();
+    let client = gw.forwarding_client();
     let mut failure = upstream_error("no upstream answered");
     let mut response = None;
     for (i, target) in targets.into_iter().enumerate() {
@@ -177,7 +178,7 @@ pub async fn forward(
             url.push('?');
             url.push_str(&inb.query);
         }
-        let mut req = gw.client.request(method.clone(), &url).body(body.clone());
+        let mut req = client.request(method.clone(), &url).body(body.clone());
         if let Some(ct) = &inb.content_type {
             req = req.header(reqwest::header::CONTENT_TYPE, ct.as_str());
         }
