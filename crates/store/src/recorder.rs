@@ -13,20 +13,19 @@
 //! - Durability is unchanged: `COMMIT` returns once the batch is in the WAL
 //!   file (WAL, `synchronous = NORMAL`), which survives the process being
 //!   killed; the caller answers the calls only after that.
-//! - Checkpoints stay off the commit path as far as SQLite allows. The
-//!   [`Checkpointer`] copies the WAL into the database every few hundred
-//!   milliseconds from its own connection and thread, PASSIVE, so it never
-//!   blocks the writer, and pays the syncs of the WAL and the database file.
-//!   But SQLite restarts the WAL from its beginning only at a write that
-//!   starts when every frame has been copied, which a separate thread never
-//!   sees while calls keep coming; so this connection still checkpoints itself
-//!   when the WAL passes [`WAL_RESTART_FRAMES`] (SQLite's automatic
-//!   checkpoint, whose default is 1,000), copying the little the checkpointer
-//!   has not, and restarts the WAL. That costs the commit that triggers it a
-//!   few syncs of the disk; with the default threshold it was one commit in
-//!   about a hundred at concurrency 1, now it is one in about a thousand, and
-//!   the WAL stays bounded (about 40 MB).
-//!   (The pool's connections keep the default for their own, rare, writes.)
+//! - Checkpoints: SQLite copies the WAL into the database (and restarts the
+//!   WAL from its beginning) on the commit that finds the WAL past
+//!   `wal_autocheckpoint` frames, and that commit waits for a few syncs of the
+//!   disk (milliseconds on the development machine). This connection raises
+//!   the threshold from SQLite's 1,000 frames to [`WAL_RESTART_FRAMES`]: a
+//!   call commits about ten pages, so at concurrency 1 one commit in about a
+//!   thousand waits instead of one in a hundred, which takes the syncs out of
+//!   the p99; the WAL stays bounded (about 40 MB). Checkpointing from a second
+//!   connection on a timer was tried and measured worse: its syncs stalled the
+//!   writer's appends to the WAL, and it cannot restart the WAL while calls
+//!   keep coming (SQLite restarts it only at a write that begins with every
+//!   frame copied). The pool's connections keep the default for their own,
+//!   rare, writes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -144,29 +143,5 @@ impl SqliteRecorder {
             ])?;
         }
         Ok(())
-    }
-}
-
-/// Copies the WAL into the database from a connection of its own.
-pub struct Checkpointer {
-    conn: Connection,
-}
-
-impl Checkpointer {
-    pub fn open(path: &Path) -> Result<Self> {
-        Ok(Checkpointer {
-            conn: open(path, Duration::from_secs(1))?,
-        })
-    }
-
-    /// One PASSIVE checkpoint: copies every frame no reader still needs and
-    /// never waits for (or blocks) the writer. Returns the WAL's frames and how
-    /// many of them are in the database now.
-    pub fn run(&self) -> Result<(i64, i64)> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })?)
     }
 }

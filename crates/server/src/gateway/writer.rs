@@ -10,14 +10,13 @@
 //!
 //! On SQLite the writer is a thread of its own with a direct connection
 //! ([`tally_store::recorder`]): no async hops per statement, statements
-//! prepared once, and most of the WAL checkpointing moved to a second thread.
-//! On PostgreSQL it is a task on the runtime using the pool.
+//! prepared once, and a WAL checkpoint on the commit path ten times rarer than
+//! SQLite's default. On PostgreSQL it is a task on the runtime using the pool.
 
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use tally_store::recorder::{Checkpointer, SqliteRecorder};
+use tally_store::recorder::SqliteRecorder;
 use tally_store::usage::CallRecord;
 use tally_store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -26,12 +25,6 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 2048;
 /// Attempts before the calls of a batch are told it failed.
 const ATTEMPTS: u32 = 3;
-/// How long the checkpointer lets commits gather in the WAL before it copies
-/// them into the database and syncs: often enough that little is left to
-/// copy or flush when the writer restarts the WAL, rarely enough that its
-/// syncs cost little.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-
 struct Job {
     call: CallRecord,
     done: oneshot::Sender<bool>,
@@ -95,18 +88,12 @@ fn finish_batch(ok: bool, calls: &mut Vec<CallRecord>, waiting: &mut Vec<oneshot
 
 fn start_sqlite(path: &Path, mut rx: mpsc::UnboundedReceiver<Job>) -> anyhow::Result<()> {
     let mut recorder = SqliteRecorder::open(path)?;
-    let checkpointer = Checkpointer::open(path)?;
-    // One message per commit, at most one waiting: the checkpointer only
-    // needs to know that something was written since its last run.
-    let (written, wakeups) = std_mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("tally-checkpoint".into())
-        .spawn(move || checkpoints(&checkpointer, &wakeups))?;
     std::thread::Builder::new()
         .name("tally-writer".into())
         .spawn(move || {
             let mut calls: Vec<CallRecord> = Vec::with_capacity(64);
             let mut waiting: Vec<oneshot::Sender<bool>> = Vec::with_capacity(64);
+            // Ends when every sender is gone: the gateway was dropped.
             while let Some(first) = rx.blocking_recv() {
                 batch(first, &mut rx, &mut calls, &mut waiting);
                 let mut ok = false;
@@ -123,24 +110,9 @@ fn start_sqlite(path: &Path, mut rx: mpsc::UnboundedReceiver<Job>) -> anyhow::Re
                     }
                 }
                 finish_batch(ok, &mut calls, &mut waiting);
-                let _ = written.try_send(());
             }
-            // Every sender is gone: the gateway was dropped. Dropping
-            // `written` stops the checkpointer.
         })?;
     Ok(())
-}
-
-/// The checkpointer's loop: after something was written, wait a little for
-/// more, then checkpoint. Ends when the writer does.
-fn checkpoints(checkpointer: &Checkpointer, wakeups: &std_mpsc::Receiver<()>) {
-    while wakeups.recv().is_ok() {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        while wakeups.try_recv().is_ok() {}
-        if let Err(e) = checkpointer.run() {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-    }
 }
 
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
