@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 2048;
 /// Attempts before the calls of a batch are told it failed.
 const ATTEMPTS: u32 = 3;
+
 struct Job {
     call: CallRecord,
     done: oneshot::Sender<bool>,
