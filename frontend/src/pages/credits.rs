@@ -215,7 +215,7 @@ fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
                         <p class="muted" data-testid="no-ledger">"No entries yet."</p>
                     }.into_any(),
                     (items, more) => view! {
-                        <table data-testid="ledger">
+                        <div class="table-wrap"><table data-testid="ledger">
                             <thead><tr>
                                 <th>"Time"</th><th>"Kind"</th><th class="num">"Amount"</th>
                                 <th class="num">"Balance after"</th><th>"By"</th><th>"Reference / memo"</th>
@@ -226,17 +226,17 @@ fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
                                     let note = [e.reference, e.memo].into_iter().flatten().collect::<Vec<_>>().join(" · ");
                                     view! {
                                         <tr data-testid="ledger-row">
-                                            <td class="muted">{short_time(&e.time)}</td>
+                                            <td class="muted nowrap">{short_time(&e.time)}</td>
                                             <td><code>{e.kind}</code></td>
                                             <td class=class>{credits_label(e.amount_micros)}</td>
                                             <td class="num">{credits_label(e.balance_after_micros)}</td>
-                                            <td>{e.actor}</td>
-                                            <td class="muted">{note}</td>
+                                            <td class="by">{e.actor}</td>
+                                            <td class="muted by">{note}</td>
                                         </tr>
                                     }
                                 }).collect_view()}
                             </tbody>
-                        </table>
+                        </table></div>
                         {more.is_some().then(|| view! {
                             <div class="inline-row" style="margin-top:12px">
                                 <button class="secondary" data-testid="ledger-older"

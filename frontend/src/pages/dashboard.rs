@@ -27,18 +27,41 @@ pub fn Dashboard() -> impl IntoView {
             </div>
         </div>
         <BalanceSummary />
-        <section class="panel empty" data-testid="empty-state">
-            <h2>"This namespace has no traffic yet"</h2>
-            <p class="muted">
-                "Calls made with this namespace's keys will show up here: balance, calls, latency and spend. "
-                "Start by finding an API to call, or register your own and earn credits when others call it."
-            </p>
-            <div class="actions">
-                <A href="/catalog"><span class="button">"Browse the catalog"</span></A>
-                <A href="/apis"><span class="button secondary">"Register an API"</span></A>
-            </div>
-        </section>
+        <EmptyState />
         <EventLog />
+    }
+}
+
+/// The empty state (D6): shown while the environment has no recorded call.
+#[component]
+fn EmptyState() -> impl IntoView {
+    let app = use_app();
+    let tick = use_refresh_tick();
+    let traffic = LocalResource::new(move || {
+        tick.track();
+        let ns = app.namespace.get().unwrap_or_default();
+        let env = app.environment.get();
+        async move { api::usage(&ns, env, None, 1).await }
+    });
+    let quiet = move || {
+        traffic
+            .get()
+            .is_some_and(|page| page.is_ok_and(|p| p.items.is_empty()))
+    };
+    view! {
+        <Show when=quiet>
+            <section class="panel empty" data-testid="empty-state">
+                <h2>"This namespace has no traffic yet"</h2>
+                <p class="muted">
+                    "Calls made with this namespace's keys will show up here: balance, calls, latency and spend. "
+                    "Start by finding an API to call, or register your own and earn credits when others call it."
+                </p>
+                <div class="actions">
+                    <A href="/catalog"><span class="button">"Browse the catalog"</span></A>
+                    <A href="/apis"><span class="button secondary">"Register an API"</span></A>
+                </div>
+            </section>
+        </Show>
     }
 }
 
