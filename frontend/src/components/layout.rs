@@ -8,7 +8,7 @@ use leptos_router::hooks::use_navigate;
 use tally_common::Environment;
 
 use crate::api;
-use crate::components::{human_duration, use_refresh_tick, ErrorNotice};
+use crate::components::{human_duration, provide_refresh_tick, use_refresh_tick, ErrorNotice};
 use crate::state::use_app;
 
 const AREAS: [(&str, &str, bool); 12] = [
@@ -38,6 +38,7 @@ pub fn Layout() -> impl IntoView {
 
 #[component]
 fn Shell() -> impl IntoView {
+    provide_refresh_tick();
     let app = use_app();
     // The account's namespaces; reloaded when something changes them.
     let me = LocalResource::new(move || {

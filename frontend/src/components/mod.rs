@@ -7,9 +7,12 @@ use crate::api::ApiError;
 /// How often live data (uptime, event log) reloads in place (D8).
 const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A counter that ticks every 30 s while the calling component is mounted;
-/// resources that track it reload in place.
-pub fn use_refresh_tick() -> RwSignal<u32> {
+/// The dashboard's one 30 s refresh tick (D8), shared through the context so
+/// every panel of a page reloads together.
+#[derive(Clone, Copy)]
+struct RefreshTick(RwSignal<u32>);
+
+fn ticking() -> RwSignal<u32> {
     let tick = RwSignal::new(0u32);
     if let Ok(handle) = set_interval_with_handle(
         move || tick.update(|n| *n = n.wrapping_add(1)),
@@ -18,6 +21,17 @@ pub fn use_refresh_tick() -> RwSignal<u32> {
         on_cleanup(move || handle.clear());
     }
     tick
+}
+
+/// Starts the shared tick for the components below the caller (the shell).
+pub fn provide_refresh_tick() {
+    provide_context(RefreshTick(ticking()));
+}
+
+/// A counter that ticks every 30 s; resources that track it reload in place.
+/// It is the shell's shared tick, or a tick of the caller's own outside it.
+pub fn use_refresh_tick() -> RwSignal<u32> {
+    use_context::<RefreshTick>().map_or_else(ticking, |t| t.0)
 }
 
 /// An API error as a red notice.

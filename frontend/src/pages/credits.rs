@@ -24,12 +24,7 @@ pub fn Credits() -> impl IntoView {
     let tick = use_refresh_tick();
     // Bumped by the faucet and grants so the balance and ledger show them at once.
     let changed = RwSignal::new(0u32);
-    let balances = LocalResource::new(move || {
-        tick.track();
-        changed.track();
-        let ns = app.namespace.get().unwrap_or_default();
-        async move { api::balances(&ns).await }
-    });
+    let balances = balances_resource(changed);
 
     view! {
         <div class="page-head">
@@ -55,6 +50,18 @@ pub fn Credits() -> impl IntoView {
         </Show>
         <Ledger tick changed />
     }
+}
+
+/// The namespace's balances, reloaded by the refresh tick and when `changed` is bumped.
+pub fn balances_resource(changed: RwSignal<u32>) -> LocalResource<Result<Balances, api::ApiError>> {
+    let app = use_app();
+    let tick = use_refresh_tick();
+    LocalResource::new(move || {
+        tick.track();
+        changed.track();
+        let ns = app.namespace.get().unwrap_or_default();
+        async move { api::balances(&ns).await }
+    })
 }
 
 /// The selected environment's balance, held and available amounts.

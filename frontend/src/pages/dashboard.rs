@@ -7,7 +7,7 @@ use tally_common::{Environment, Severity};
 
 use crate::api;
 use crate::components::{short_time, use_refresh_tick, Loaded};
-use crate::pages::credits::CurrentBalance;
+use crate::pages::credits::{balances_resource, CurrentBalance};
 use crate::state::use_app;
 
 #[component]
@@ -68,13 +68,7 @@ fn EmptyState() -> impl IntoView {
 /// The current environment's credits at a glance, linking to the Credits page.
 #[component]
 fn BalanceSummary() -> impl IntoView {
-    let app = use_app();
-    let tick = use_refresh_tick();
-    let balances = LocalResource::new(move || {
-        tick.track();
-        let ns = app.namespace.get().unwrap_or_default();
-        async move { api::balances(&ns).await }
-    });
+    let balances = balances_resource(RwSignal::new(0));
     view! {
         <section class="panel" data-testid="balance-summary">
             <div class="page-head" style="margin-bottom:12px">

@@ -18,7 +18,7 @@ use crate::components::{
     credits, credits_label, invalid_input, parse_credits, short_time, use_refresh_tick,
     ErrorNotice, Loaded,
 };
-use crate::pages::credits::CurrentBalance;
+use crate::pages::credits::{balances_resource, CurrentBalance};
 use crate::state::use_app;
 
 const INTENT_PAGE: u32 = 20;
@@ -55,12 +55,7 @@ pub fn Finance() -> impl IntoView {
     // Bumped by a payment, a new intent or a settings change so every panel
     // shows it at once.
     let changed = RwSignal::new(0u32);
-    let balances = LocalResource::new(move || {
-        tick.track();
-        changed.track();
-        let ns = app.namespace.get().unwrap_or_default();
-        async move { api::balances(&ns).await }
-    });
+    let balances = balances_resource(changed);
     let alerts = LocalResource::new(move || {
         tick.track();
         changed.track();
