@@ -9,6 +9,7 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::Environment;
 
+use crate::threshold::{self, BALANCE};
 use crate::{bad_value, now_ms, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,13 +71,7 @@ pub async fn delete(
     namespace_id: &str,
     environment: Environment,
 ) -> Result<bool> {
-    let res =
-        sqlx::query("DELETE FROM low_balance_alerts WHERE namespace_id = $1 AND environment = $2")
-            .bind(namespace_id)
-            .bind(environment.as_str())
-            .execute(&mut *conn)
-            .await?;
-    Ok(res.rows_affected() > 0)
+    threshold::delete(conn, "low_balance_alerts", namespace_id, environment).await
 }
 
 /// A namespace's alerts with their balances.
@@ -92,16 +87,10 @@ pub async fn list(conn: &mut AnyConnection, namespace_id: &str) -> Result<Vec<Al
 /// Alerts whose state disagrees with their balance: armed but below the
 /// threshold (to fire) or disarmed but back at or above it (to re-arm).
 pub async fn pending(conn: &mut AnyConnection, limit: i64) -> Result<Vec<AlertRow>> {
-    let sql = format!(
-        "{SELECT} WHERE (a.armed = 1 AND COALESCE(b.balance_micros, 0) < a.threshold_micros) \
-         OR (a.armed = 0 AND COALESCE(b.balance_micros, 0) >= a.threshold_micros) LIMIT $1"
-    );
+    let sql = format!("{SELECT} WHERE {} LIMIT $1", threshold::disagreeing("a"));
     let rows = sqlx::query(&sql).bind(limit).fetch_all(&mut *conn).await?;
     rows.iter().map(from_row).collect()
 }
-
-const BALANCE: &str = "COALESCE((SELECT balance_micros FROM balances \
-     WHERE namespace_id = $1 AND environment = $2), 0)";
 
 /// Disarms the alert if it is armed and the balance is below its threshold;
 /// returns `(threshold, balance)` when it did (the caller records the event in
@@ -133,15 +122,5 @@ pub async fn rearm(
     namespace_id: &str,
     environment: Environment,
 ) -> Result<bool> {
-    let sql = format!(
-        "UPDATE low_balance_alerts SET armed = 1 \
-         WHERE namespace_id = $1 AND environment = $2 AND armed = 0 \
-         AND threshold_micros <= {BALANCE}"
-    );
-    let res = sqlx::query(&sql)
-        .bind(namespace_id)
-        .bind(environment.as_str())
-        .execute(&mut *conn)
-        .await?;
-    Ok(res.rows_affected() > 0)
+    threshold::rearm(conn, "low_balance_alerts", namespace_id, environment).await
 }

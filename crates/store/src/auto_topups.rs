@@ -10,6 +10,7 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::{Currency, Environment};
 
+use crate::threshold::{self, BALANCE};
 use crate::{bad_value, now_ms, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,12 +79,7 @@ pub async fn delete(
     namespace_id: &str,
     environment: Environment,
 ) -> Result<bool> {
-    let res = sqlx::query("DELETE FROM auto_topups WHERE namespace_id = $1 AND environment = $2")
-        .bind(namespace_id)
-        .bind(environment.as_str())
-        .execute(&mut *conn)
-        .await?;
-    Ok(res.rows_affected() > 0)
+    threshold::delete(conn, "auto_topups", namespace_id, environment).await
 }
 
 /// A namespace's rules with their balances.
@@ -98,16 +94,10 @@ pub async fn list(conn: &mut AnyConnection, namespace_id: &str) -> Result<Vec<Ru
 
 /// Rules whose state disagrees with their balance (to fire or to re-arm).
 pub async fn pending(conn: &mut AnyConnection, limit: i64) -> Result<Vec<RuleRow>> {
-    let sql = format!(
-        "{SELECT} WHERE (r.armed = 1 AND COALESCE(b.balance_micros, 0) < r.threshold_micros) \
-         OR (r.armed = 0 AND COALESCE(b.balance_micros, 0) >= r.threshold_micros) LIMIT $1"
-    );
+    let sql = format!("{SELECT} WHERE {} LIMIT $1", threshold::disagreeing("r"));
     let rows = sqlx::query(&sql).bind(limit).fetch_all(&mut *conn).await?;
     rows.iter().map(from_row).collect()
 }
-
-const BALANCE: &str = "COALESCE((SELECT balance_micros FROM balances \
-     WHERE namespace_id = $1 AND environment = $2), 0)";
 
 /// Disarms the rule if it is armed and the balance is below its threshold,
 /// recording `intent_id` as its latest intent; returns `(amount_units,
@@ -147,15 +137,5 @@ pub async fn rearm(
     namespace_id: &str,
     environment: Environment,
 ) -> Result<bool> {
-    let sql = format!(
-        "UPDATE auto_topups SET armed = 1 \
-         WHERE namespace_id = $1 AND environment = $2 AND armed = 0 \
-         AND threshold_micros <= {BALANCE}"
-    );
-    let res = sqlx::query(&sql)
-        .bind(namespace_id)
-        .bind(environment.as_str())
-        .execute(&mut *conn)
-        .await?;
-    Ok(res.rows_affected() > 0)
+    threshold::rearm(conn, "auto_topups", namespace_id, environment).await
 }

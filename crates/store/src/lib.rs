@@ -24,6 +24,7 @@ pub mod recorder;
 pub mod sessions;
 pub mod settings;
 pub mod statements;
+mod threshold;
 pub mod usage;
 
 use std::path::{Path, PathBuf};
