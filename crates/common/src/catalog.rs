@@ -1,9 +1,10 @@
 //! The catalog of callable APIs: what the gateway forwards to and what a call costs.
 //!
-//! At this stage every API is owned by the platform and managed by operators,
-//! through `/api/v1/admin/catalog` or the `[[catalog]]` tables of the config
-//! file. Members of any namespace read the public view (`CatalogApi`), which
-//! never shows upstream addresses or their credentials.
+//! Operators manage the catalog through `/api/v1/admin/catalog` or the
+//! `[[catalog]]` tables of the config file. An API is owned by the platform or
+//! by a seller namespace, which earns what its API's calls cost, less the
+//! platform fee (C8). Members of any namespace read the public view
+//! (`CatalogApi`), which never shows upstream addresses or their credentials.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,10 @@ pub struct CatalogApiConfig {
     /// Disabled APIs answer 503 and are left out of `/v1/models`.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The seller namespace that owns the API and is credited for its calls
+    /// (C8); absent for APIs of the platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_namespace_id: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -124,6 +129,8 @@ pub struct UpdateCatalogApi {
     pub timeout_ms: Option<u64>,
     pub health_path: Option<String>,
     pub enabled: Option<bool>,
+    /// A seller namespace id, or `""` to give the API back to the platform.
+    pub owner_namespace_id: Option<String>,
 }
 
 /// An API as callers see it.
@@ -141,6 +148,8 @@ pub struct CatalogApi {
     /// What test keys reach: `sandbox` or `upstream`.
     pub test_mode: String,
     pub enabled: bool,
+    /// `platform`, or `seller` for an API a seller namespace owns.
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

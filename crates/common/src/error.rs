@@ -62,6 +62,9 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (the database) is not available (503).
     Unavailable,
+    /// The API's seller is below its critical balance: its live serving is
+    /// paused until it tops up (503).
+    ServingPaused,
 }
 
 impl ErrorCode {
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedCurrency => "unsupported_currency",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ServingPaused => "serving_paused",
         }
     }
 
@@ -120,7 +124,7 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::UpstreamError => 502,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::ServingPaused => 503,
             ErrorCode::UpstreamTimeout => 504,
         }
     }

@@ -105,6 +105,12 @@ pub struct GatewaySettings {
     pub key_cache_ttl_secs: u64,
     /// Seconds between health probes of upstreams that have a `health_path`.
     pub health_interval_secs: u64,
+    /// The platform's fee on calls to a seller's API, in basis points of the
+    /// cost (1,000 = 10%); the seller earns the rest (C8).
+    pub platform_fee_bps: u32,
+    /// A seller whose live balance is below this (micro-credits) has the live
+    /// serving of its APIs paused until it tops up (C8).
+    pub seller_critical_balance_micros: i64,
 }
 
 impl Default for GatewaySettings {
@@ -117,6 +123,8 @@ impl Default for GatewaySettings {
             poll_interval_ms: 500,
             key_cache_ttl_secs: 60,
             health_interval_secs: 5,
+            platform_fee_bps: 1000,
+            seller_critical_balance_micros: 1_000_000,
         }
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use crate::usage::{ledger_lines, totals, CallRecord};
+use crate::usage::{ledger_lines, settle, totals, CallRecord};
 use crate::{now_ms, Result};
 
 /// WAL size (frames, about 4 KiB each) at which the writer checkpoints and
@@ -52,7 +52,7 @@ const ADD_TO_BALANCE: &str = "INSERT INTO balances (namespace_id, environment, b
 
 const INSERT_LEDGER: &str = "INSERT INTO ledger_entries (namespace_id, environment, time, kind, \
      amount_micros, balance_after_micros, actor, reference, memo) \
-     VALUES (?1, ?2, ?3, 'usage', ?4, ?5, ?6, ?7, NULL)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)";
 
 fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     // The connection lives on one thread: SQLite's own mutexes are not needed.
@@ -83,8 +83,8 @@ impl SqliteRecorder {
     }
 
     /// Same as [`crate::usage::record_calls`], in a transaction of its own:
-    /// usage rows, a `usage` ledger entry for every call with a cost, one
-    /// balance update per namespace and environment. Nothing is written unless
+    /// usage rows, the ledger entries of every call with a cost (the caller's
+    /// and a seller's), one balance update per namespace and environment. Nothing is written unless
     /// it all commits.
     pub fn record_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
         // BEGIN and COMMIT are cached statements too, not parsed per batch.
@@ -124,22 +124,25 @@ impl SqliteRecorder {
             ])?;
         }
         let now = now_ms();
+        let mut lines = ledger_lines(calls);
         let mut balance = self.conn.prepare_cached(ADD_TO_BALANCE)?;
         let mut after = Vec::new();
-        for (ns, env, total) in totals(calls) {
-            let b: i64 = balance.query_row(params![ns, env.as_str(), -total, now], |r| r.get(0))?;
+        for (ns, env, delta) in totals(&lines) {
+            let b: i64 = balance.query_row(params![ns, env.as_str(), delta, now], |r| r.get(0))?;
             after.push((ns, env, b));
         }
+        settle(&mut lines, &after);
         let mut ledger = self.conn.prepare_cached(INSERT_LEDGER)?;
-        for (c, balance_after) in ledger_lines(calls, &after) {
+        for l in &lines {
             ledger.execute(params![
-                c.namespace_id,
-                c.environment.as_str(),
+                l.namespace_id,
+                l.environment.as_str(),
                 now,
-                -c.cost_micros,
-                balance_after,
-                c.key_id,
-                c.id,
+                l.kind,
+                l.amount,
+                l.balance_after,
+                l.actor,
+                l.reference,
             ])?;
         }
         Ok(())

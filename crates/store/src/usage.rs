@@ -2,8 +2,10 @@
 //!
 //! Policy: the gateway's writer task hands every finished call to
 //! [`record_calls`] in batches; one transaction inserts the usage rows, the
-//! ledger entries of the calls that cost something, and moves each balance
-//! once. A call is acknowledged only after that transaction commits.
+//! ledger entries of the calls that cost something (the caller's debit and,
+//! for a seller's API, the seller's revenue and the platform's fee, C8), and
+//! moves each balance once. A call is acknowledged only after that
+//! transaction commits.
 
 use std::collections::HashMap;
 
@@ -32,6 +34,10 @@ pub struct CallRecord {
     pub tokens_out: i64,
     pub cost_micros: i64,
     pub client_id: Option<String>,
+    /// The seller namespace that owns the API and earns the cost (C8).
+    pub seller_namespace_id: Option<String>,
+    /// What the platform keeps of the cost; the seller earns the rest.
+    pub platform_fee_micros: i64,
 }
 
 /// Usage rows per multi-row INSERT: few distinct statements to prepare, well
@@ -97,30 +103,30 @@ pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord]) -> Res
 
     // One balance update per account, then each entry's balance-after is
     // counted back from the new balance in call order.
-    let now = now_ms();
+    let mut lines = ledger_lines(calls);
     let mut after = Vec::new();
-    for (ns, env, total) in totals(calls) {
-        let b = ledger::add_to_balance(conn, ns, env, -total).await?;
-        after.push((ns, env, b));
+    for (ns, env, delta) in totals(&lines) {
+        after.push((ns, env, ledger::add_to_balance(conn, ns, env, delta).await?));
     }
-    let charged = ledger_lines(calls, &after);
-    for chunk in charged.chunks(CHUNK) {
+    settle(&mut lines, &after);
+    let now = now_ms();
+    for chunk in lines.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO ledger_entries (namespace_id, environment, time, kind, amount_micros, \
              balance_after_micros, actor, reference, memo) VALUES {}",
             placeholders(chunk.len(), 9)
         );
         let mut q = sqlx::query(&sql);
-        for (c, after) in chunk {
+        for l in chunk {
             q = q
-                .bind(&c.namespace_id)
-                .bind(c.environment.as_str())
+                .bind(l.namespace_id)
+                .bind(l.environment.as_str())
                 .bind(now)
-                .bind("usage")
-                .bind(-c.cost_micros)
-                .bind(*after)
-                .bind(&c.key_id)
-                .bind(&c.id)
+                .bind(l.kind)
+                .bind(l.amount)
+                .bind(l.balance_after)
+                .bind(l.actor)
+                .bind(l.reference)
                 .bind(None::<String>);
         }
         q.execute(&mut *conn).await?;
@@ -128,53 +134,91 @@ pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord]) -> Res
     Ok(())
 }
 
-/// What a batch takes from each account (namespace, environment, micro-credits),
-/// in the order the accounts first appear.
-pub(crate) fn totals(calls: &[CallRecord]) -> Vec<(&str, Environment, i64)> {
-    let mut out: Vec<(&str, Environment, i64)> = Vec::new();
-    let mut index: HashMap<(&str, Environment), usize> = HashMap::new();
+/// Who the seller's entries name as their cause.
+pub const GATEWAY_ACTOR: &str = "gateway";
+
+/// One ledger entry of a batch of calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line<'a> {
+    pub namespace_id: &'a str,
+    pub environment: Environment,
+    /// `usage`, `revenue` or `platform_fee`.
+    pub kind: &'static str,
+    pub amount: i64,
+    /// The caller's key for `usage`, [`GATEWAY_ACTOR`] for the seller's entries.
+    pub actor: &'a str,
+    /// The call id.
+    pub reference: &'a str,
+    /// Filled in by [`settle`].
+    pub balance_after: i64,
+}
+
+/// The ledger entries of a batch, in call order: every call with a cost debits
+/// its caller (`usage`); a call to a seller's API also credits the seller with
+/// the cost (`revenue`) and debits the platform's share of it (`platform_fee`).
+pub(crate) fn ledger_lines(calls: &[CallRecord]) -> Vec<Line<'_>> {
+    let mut out = Vec::with_capacity(calls.len());
     for c in calls.iter().filter(|c| c.cost_micros != 0) {
-        let i = *index
-            .entry((c.namespace_id.as_str(), c.environment))
-            .or_insert_with(|| {
-                out.push((&c.namespace_id, c.environment, 0));
-                out.len() - 1
-            });
-        out[i].2 += c.cost_micros;
+        let line = |namespace_id, kind, amount, actor| Line {
+            namespace_id,
+            environment: c.environment,
+            kind,
+            amount,
+            actor,
+            reference: &c.id,
+            balance_after: 0,
+        };
+        out.push(line(&c.namespace_id, "usage", -c.cost_micros, &c.key_id));
+        if let Some(seller) = &c.seller_namespace_id {
+            out.push(line(seller, "revenue", c.cost_micros, GATEWAY_ACTOR));
+            if c.platform_fee_micros != 0 {
+                out.push(line(
+                    seller,
+                    "platform_fee",
+                    -c.platform_fee_micros,
+                    GATEWAY_ACTOR,
+                ));
+            }
+        }
     }
     out
 }
 
-/// The ledger entries of a batch: every call with a cost, in call order, with
-/// the balance after its entry, counted back from each account's balance after
-/// the whole batch (`after`, one per account of [`totals`]).
-pub(crate) fn ledger_lines<'a>(
-    calls: &'a [CallRecord],
-    after: &[(&str, Environment, i64)],
-) -> Vec<(&'a CallRecord, i64)> {
-    let totals: HashMap<(&str, Environment), i64> = totals(calls)
+/// What the entries move on each account (namespace, environment,
+/// micro-credits), sorted by account so that concurrent writers lock balance
+/// rows in one order.
+pub(crate) fn totals<'a>(lines: &[Line<'a>]) -> Vec<(&'a str, Environment, i64)> {
+    let mut sums: HashMap<(&'a str, Environment), i64> = HashMap::new();
+    for l in lines {
+        *sums.entry((l.namespace_id, l.environment)).or_default() += l.amount;
+    }
+    let mut out: Vec<_> = sums
         .into_iter()
-        .map(|(ns, env, total)| ((ns, env), total))
+        .map(|((ns, env), total)| (ns, env, total))
         .collect();
-    // Start from each balance before the batch.
+    out.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+    out
+}
+
+/// Fills in each entry's balance-after, counted back from each account's
+/// balance after the whole batch (`after`, as returned for [`totals`]).
+pub(crate) fn settle(lines: &mut [Line<'_>], after: &[(&str, Environment, i64)]) {
     let mut running: HashMap<(&str, Environment), i64> = after
         .iter()
-        .map(|&(ns, env, b)| ((ns, env), b + totals.get(&(ns, env)).copied().unwrap_or(0)))
+        .map(|&(ns, env, balance)| ((ns, env), balance))
         .collect();
-    calls
-        .iter()
-        .filter(|c| c.cost_micros != 0)
-        .map(|c| {
-            let bal = running
-                .get_mut(&(c.namespace_id.as_str(), c.environment))
-                .map(|b| {
-                    *b -= c.cost_micros;
-                    *b
-                })
-                .unwrap_or_default();
-            (c, bal)
-        })
-        .collect()
+    for l in lines.iter() {
+        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
+            *b -= l.amount;
+        }
+    }
+    // `running` now holds each balance before the batch.
+    for l in lines.iter_mut() {
+        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
+            *b += l.amount;
+            l.balance_after = *b;
+        }
+    }
 }
 
 fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
@@ -202,6 +246,8 @@ fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
         tokens_out: r.try_get("tokens_out")?,
         cost_micros: r.try_get("cost_micros")?,
         client_id: r.try_get("client_id")?,
+        seller_namespace_id: None,
+        platform_fee_micros: 0,
     })
 }
 

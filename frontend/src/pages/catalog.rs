@@ -167,7 +167,8 @@ fn AdminRow(api: CatalogApiAdmin, toggle: impl Fn(String, bool) + Copy + 'static
                 <div class="muted">"test: "{if test.is_empty() { "sandbox".to_owned() } else { test }}</div>
             </td>
             <td>{pricing_summary(&c.pricing)}</td>
-            <td><span class="badge">{api.source}</span></td>
+            <td><span class="badge">{api.source}</span>
+                {c.owner_namespace_id.map(|o| view! { <div class="muted">"seller "<code>{o}</code></div> })}</td>
             <td>{enabled_badge(enabled)}</td>
             <td>
                 <button class=if enabled { "danger" } else { "secondary" } data-testid="catalog-toggle"
@@ -185,7 +186,7 @@ fn CreateApi(on_created: impl Fn() + Copy + 'static) -> impl IntoView {
     let (slug, name, description, models) = (field(), field(), field(), field());
     let (upstreams, upstream_key, test_upstreams) = (field(), field(), field());
     let (per_request, per_1k_in, per_1k_out, per_second) = (field(), field(), field(), field());
-    let (max_output, timeout) = (field(), field());
+    let (max_output, timeout, owner) = (field(), field(), field());
     let protocol = RwSignal::new(Protocol::Openai);
     let message = RwSignal::new(None::<Result<String, api::ApiError>>);
 
@@ -234,6 +235,8 @@ fn CreateApi(on_created: impl Fn() + Copy + 'static) -> impl IntoView {
             timeout_ms: parse_optional(&timeout.get_untracked(), "The timeout")?.unwrap_or(60_000),
             health_path: None,
             enabled: true,
+            owner_namespace_id: Some(owner.get_untracked().trim().to_owned())
+                .filter(|o| !o.is_empty()),
         })
     };
     let submit = move |ev: leptos::ev::SubmitEvent| {
@@ -265,6 +268,7 @@ fn CreateApi(on_created: impl Fn() + Copy + 'static) -> impl IntoView {
                     per_second,
                     max_output,
                     timeout,
+                    owner,
                 ] {
                     s.set(String::new());
                 }
@@ -316,6 +320,7 @@ fn CreateApi(on_created: impl Fn() + Copy + 'static) -> impl IntoView {
                     {input(per_second, "Credits per compute second", "catalog-per-second", "optional")}
                     {input(max_output, "Default max output tokens", "catalog-max-output", "held when a request sets none")}
                     {input(timeout, "Timeout (ms)", "catalog-timeout", "default 60000")}
+                    {input(owner, "Seller namespace id", "catalog-owner", "empty: owned by the platform")}
                 </div>
                 <div class="inline-row" style="margin-top:12px">
                     <button type="submit" data-testid="catalog-submit">"Add API"</button>

@@ -210,6 +210,7 @@ pub fn sandbox_api() -> CatalogApiConfig {
         timeout_ms: 60_000,
         health_path: None,
         enabled: true,
+        owner_namespace_id: None,
     }
 }
 

@@ -28,7 +28,7 @@ use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
-use tally_common::{CatalogApiConfig, ErrorCode, Pricing, Protocol};
+use tally_common::{CatalogApiConfig, Environment, ErrorCode, Pricing, Protocol};
 use tally_store::usage::CallRecord;
 use tally_store::Store;
 use tokio::sync::mpsc;
@@ -171,6 +171,8 @@ struct Call {
     pricing: Pricing,
     max_cost: i64,
     hold: Option<Hold>,
+    /// The seller namespace that owns the API (C8).
+    seller: Option<String>,
 }
 
 /// How a call ended, for its record.
@@ -413,6 +415,7 @@ impl Gateway {
             pricing: api.config.pricing.clone(),
             max_cost: 0,
             hold: None,
+            seller: api.config.owner_namespace_id.clone(),
         };
 
         if !api.config.enabled {
@@ -421,6 +424,24 @@ impl Gateway {
                 format!("API '{}' is disabled", api.slug()),
             );
             return self.refuse(call, e, Vec::new()).await;
+        }
+        if let Some(seller) = &call.seller {
+            if key.environment == Environment::Live {
+                match self.seller_paused(seller).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let e = ApiError::new(
+                            ErrorCode::ServingPaused,
+                            format!(
+                                "live serving of '{}' is paused: its seller's balance is below the critical level; test keys keep working",
+                                api.slug()
+                            ),
+                        );
+                        return self.refuse(call, e, Vec::new()).await;
+                    }
+                    Err(e) => return self.refuse(call, e.into(), Vec::new()).await,
+                }
+            }
         }
         if !key.allows(api.slug(), model.as_deref()) {
             let e = ApiError::new(
@@ -637,6 +658,23 @@ impl Gateway {
             tokens_out: i64::try_from(o.tokens_out).unwrap_or(i64::MAX),
             cost_micros: cost,
             client_id: call.client_id.clone(),
+            platform_fee_micros: if call.seller.is_some() {
+                platform_fee(cost, self.settings.platform_fee_bps)
+            } else {
+                0
+            },
+            seller_namespace_id: call.seller.clone(),
+        };
+        let seller_share = match record.seller_namespace_id.as_deref() {
+            Some(seller) if cost > 0 => {
+                // Loaded before the commit, so the credit cannot be missed
+                // by a load racing with it (see `Accounts::load`).
+                if self.accounts.load(seller, record.environment).await.is_err() {
+                    return None;
+                }
+                Some((seller.to_owned(), cost - record.platform_fee_micros))
+            }
+            _ => None,
         };
         let (tokens_in, tokens_out) = (record.tokens_in, record.tokens_out);
         metrics::counter!("tally_gateway_calls_total", "status" => o.status.to_string())
@@ -647,6 +685,9 @@ impl Gateway {
         }
         if let Some(hold) = call.hold.take() {
             hold.committed();
+        }
+        if let Some((seller, net)) = seller_share {
+            self.accounts.credited(&seller, call.key.environment, net);
         }
         Some(Summary {
             call_id: call.id,
@@ -685,6 +726,36 @@ impl Gateway {
                 .clone()
         })
     }
+}
+
+impl Gateway {
+    /// Whether a seller's live serving is paused (C8): its live balance is
+    /// below `seller_critical_balance_micros`. Read from the in-memory account,
+    /// so it changes with the very call or top-up that crosses the level.
+    pub async fn seller_paused(&self, seller: &str) -> tally_store::Result<bool> {
+        let (balance, _) = self.accounts.snapshot(seller, Environment::Live).await?;
+        Ok(balance < self.settings.seller_critical_balance_micros)
+    }
+
+    /// The namespaces that own an API of the catalog.
+    pub fn sellers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .catalog()
+            .apis
+            .iter()
+            .filter_map(|a| a.config.owner_namespace_id.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The platform's share of a call's cost, in basis points, rounded down (the
+/// seller keeps the odd micro-credit).
+fn platform_fee(cost: i64, fee_bps: u32) -> i64 {
+    let fee = i128::from(cost) * i128::from(fee_bps.min(10_000)) / 10_000;
+    i64::try_from(fee).unwrap_or(cost)
 }
 
 fn credits(micros: i64) -> String {

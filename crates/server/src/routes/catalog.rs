@@ -64,6 +64,12 @@ pub fn to_public(c: &CatalogApiConfig) -> CatalogApi {
         }
         .into(),
         enabled: c.enabled,
+        owner: if c.owner_namespace_id.is_some() {
+            "seller"
+        } else {
+            "platform"
+        }
+        .into(),
     }
 }
 
@@ -157,6 +163,7 @@ pub async fn create(
     validate(&config).map_err(ApiError::invalid)?;
     check_models(&state, &config)?;
     let mut conn = state.store.conn().await?;
+    check_owner(&mut conn, &config).await?;
     let json = serde_json::to_string(&config).map_err(ApiError::internal)?;
     let row = match tally_store::catalog::insert(&mut conn, &config.slug, &json, "api").await {
         Err(tally_store::StoreError::Conflict(_)) => {
@@ -248,8 +255,12 @@ pub async fn update(
     if let Some(v) = change.enabled {
         c.enabled = v;
     }
+    if let Some(v) = change.owner_namespace_id {
+        c.owner_namespace_id = Some(v).filter(|o| !o.is_empty());
+    }
     validate(&c).map_err(ApiError::invalid)?;
     check_models(&state, &c)?;
+    check_owner(&mut tx, &c).await?;
     let json = serde_json::to_string(&c).map_err(ApiError::internal)?;
     let row = tally_store::catalog::update(&mut tx, &slug, &json)
         .await?
@@ -257,6 +268,16 @@ pub async fn update(
     tx.commit().await?;
     state.gateway.reload_catalog().await?;
     Ok(web::Json(to_admin(&row)?))
+}
+
+/// A seller owner must be an existing namespace.
+async fn check_owner(conn: &mut sqlx::AnyConnection, c: &CatalogApiConfig) -> ApiResult<()> {
+    match &c.owner_namespace_id {
+        Some(ns) if !tally_store::namespaces::exists(conn, ns).await? => Err(
+            ApiError::invalid(format!("owner_namespace_id: no namespace '{ns}'")),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Removes an API; calls to it get 404 from then on. Its usage stays.
