@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { OPERATOR_EMAIL } from './operator';
 
 const root = path.resolve(__dirname, '..');
 const bin = path.resolve(process.env.TALLY_BIN ?? path.join(root, 'target/debug/tally'));
@@ -65,7 +66,11 @@ export default defineConfig({
     command: `"${bin}" serve --bind 127.0.0.1:${port} --data-dir "${dataDir}" --static-dir "${staticDir}"`,
     url: `${baseURL}/readyz`,
     timeout: 60_000,
-    env: { TALLY_BILLING__DEPOSIT_SECRET: process.env.TALLY_E2E_DEPOSIT_SECRET },
+    env: {
+      TALLY_BILLING__DEPOSIT_SECRET: process.env.TALLY_E2E_DEPOSIT_SECRET,
+      // An operator whatever test signs up first (tests that manage the catalog).
+      TALLY_OPERATORS: `["${OPERATOR_EMAIL}"]`,
+    },
     reuseExistingServer: false,
     stdout: 'ignore',
     stderr: 'pipe',

@@ -1,4 +1,5 @@
 import { expect, Page, test } from '@playwright/test';
+import { OPERATOR_EMAIL } from '../operator';
 import { createHmac } from 'node:crypto';
 import * as fs from 'node:fs';
 
@@ -105,7 +106,7 @@ test('a low-balance threshold above the balance shows the banner until it is rem
   await page.getByTestId('alert-save').click();
   await expect(page.getByTestId('alert-settings').getByTestId('outcome')).toContainText('The test alert is set');
   await expect(page.getByTestId('alert-current')).toContainText('below now');
-  await expect(page.getByTestId('low-balance-banner')).toContainText('is below the alert threshold');
+  await expect(page.getByTestId('low-balance-banner')).toContainText('below the alert threshold');
 
   await page.getByTestId('alert-clear').click();
   await expect(page.getByTestId('alert-current')).toContainText('No threshold is set');
@@ -141,7 +142,7 @@ test('a viewer sees the balance, the alert and its banner, but no top-ups, invoi
   await page.locator('nav.sidebar').getByRole('link', { name: 'Finance' }).click();
 
   await expect(page.getByTestId('balance')).toHaveText(/credits$/);
-  await expect(page.getByTestId('low-balance-banner')).toContainText('below the alert threshold of 1,000.000000 credits');
+  await expect(page.getByTestId('low-balance-banner')).toContainText('below the alert threshold of 1000.000000 credits');
   await expect(page.getByTestId('alert-current')).toContainText('below now');
   await expect(page.getByTestId('alert-readonly')).toBeVisible();
   await expect(page.getByTestId('billing-readonly')).toBeVisible();
@@ -149,4 +150,78 @@ test('a viewer sees the balance, the alert and its banner, but no top-ups, invoi
   await expect(page.getByTestId('topup')).toHaveCount(0);
   await expect(page.getByTestId('statements')).toHaveCount(0);
   await expect(page.getByTestId('auto-topup-settings')).toHaveCount(0);
+});
+
+test('a subscription starts when its first intent is paid, and the spending log filters by kind', async ({ page }) => {
+  await signUp(page, 'subscriber');
+  await page.goto('/finance');
+  const subscriptions = page.getByTestId('subscriptions');
+  await expect(subscriptions.getByTestId('package')).toHaveCount(2);
+  await subscriptions.getByTestId('package').filter({ hasText: 'Starter' }).getByTestId('subscribe').click();
+  await expect(subscriptions.getByTestId('outcome')).toContainText('Subscribed to starter');
+  await expect(subscriptions.getByTestId('subscription-current')).toContainText('awaiting payment');
+  const intentId = (await subscriptions.getByTestId('subscription-intent').textContent()) ?? '';
+  expect(intentId).toMatch(/^pi_/);
+
+  const res = await notifyDeposit(page, {
+    external_tx_id: `0xsub${Date.now()}`,
+    intent_id: intentId,
+    currency: 'USDC',
+    amount_units: 100_000_000,
+  });
+  expect(res.status()).toBe(200);
+  expect((await res.json()).deposit.credited_micros).toBe(110_000_000);
+  await page.reload();
+  await expect(subscriptions.getByTestId('subscription-current')).toContainText('active');
+  await expect(subscriptions.getByTestId('subscription-intent')).toHaveCount(0);
+
+  // The spending log: every entry, then only the subscription's, then only usage (none yet).
+  const log = page.getByTestId('spending-log');
+  await expect(log.getByTestId('ledger-row').first()).toBeVisible();
+  const all = await log.getByTestId('ledger-row').count();
+  expect(all).toBeGreaterThanOrEqual(2);
+  await log.getByTestId('filter-kind').selectOption('subscription');
+  await expect(log.getByTestId('ledger-row')).toHaveCount(1);
+  await expect(log.getByTestId('ledger-row')).toContainText('110.000000');
+  await log.getByTestId('filter-kind').selectOption('usage');
+  await expect(log.getByTestId('no-ledger')).toBeVisible();
+
+  await subscriptions.getByTestId('subscription-cancel').click();
+  await expect(subscriptions.getByTestId('outcome')).toContainText('Cancelled: it ends on');
+  await expect(subscriptions.getByTestId('subscription-current')).toContainText('ends with the period');
+});
+
+test('a seller below its critical balance sees the paused banner, which leads to Finance', async ({ page, request }) => {
+  const signupAs = async (email: string) => {
+    const res = await request.post('/api/v1/auth/signup', { data: { email, password } });
+    expect(res.status()).toBe(201);
+    return `Bearer ${(await res.json()).access_token}`;
+  };
+  const operator = await signupAs(OPERATOR_EMAIL);
+
+  await signUp(page, 'seller');
+  await expect(page.getByTestId('paused-banner')).toHaveCount(0);
+  const me = await page.evaluate(() => JSON.parse(localStorage.getItem('tally.tokens') ?? '{}'));
+  const sellerAuth = { Authorization: `Bearer ${me.access_token}` };
+  const ns = (await (await request.get('/api/v1/me', { headers: sellerAuth })).json()).namespaces[0].id;
+  const created = await request.post('/api/v1/admin/catalog', {
+    headers: { Authorization: operator },
+    data: {
+      slug: `sold-${Date.now()}`,
+      name: 'Sold API',
+      protocol: 'http',
+      upstreams: [{ url: 'http://127.0.0.1:9' }],
+      pricing: { per_request_micros: 1000 },
+      owner_namespace_id: ns,
+    },
+  });
+  expect(created.status()).toBe(201);
+
+  await page.reload();
+  const banner = page.getByTestId('paused-banner');
+  await expect(banner).toContainText('API serving paused — low balance');
+  await banner.getByRole('link').click();
+  await expect(page).toHaveURL(/\/finance$/);
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('Finance');
+  await expect(banner).toBeVisible();
 });

@@ -8,10 +8,10 @@ CREATE TABLE seller_serving (
     changed_at   INTEGER NOT NULL
 );
 
--- A bonus grant (C7). Bonus credits are spent before other credits, soonest
--- expiry first; `remaining_micros` is what is left of the grant as of ledger
--- entry `bonus_cursors.last_ledger_id`. At `expires_at` what remains leaves
--- the balance through a `bonus_expired` entry.
+-- A bonus grant (C7). Bonus credits that expire are spent before other
+-- credits, soonest expiry first; `remaining_micros` is what was left of the
+-- grant when the ledger was last replayed against the grants. At `expires_at`
+-- what remains leaves the balance through a `bonus_expired` entry.
 CREATE TABLE bonus_grants (
     id               TEXT PRIMARY KEY NOT NULL,
     namespace_id     TEXT NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
@@ -29,14 +29,6 @@ CREATE TABLE bonus_grants (
 );
 CREATE INDEX bonus_grants_namespace ON bonus_grants(namespace_id, environment, status);
 CREATE INDEX bonus_grants_expiry ON bonus_grants(status, expires_at);
-
--- How far the ledger has been applied to the bonus grants of an account.
-CREATE TABLE bonus_cursors (
-    namespace_id   TEXT NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
-    environment    TEXT NOT NULL,
-    last_ledger_id INTEGER NOT NULL,
-    PRIMARY KEY (namespace_id, environment)
-);
 
 -- A subscription to a credit package (C6): each paid period credits the
 -- package's credits. `period_end` is empty until the first payment.

@@ -117,6 +117,10 @@ pub struct PaymentIntent {
     pub created_at: String,
     /// Set once paid.
     pub deposit: Option<Deposit>,
+    /// The subscription whose period this intent pays (C6); it credits the
+    /// package's credits instead of converting the amount.
+    #[serde(default)]
+    pub subscription_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +177,14 @@ pub struct StatementSummary {
     pub grants_micros: i64,
     /// Spent by calls (a positive number).
     pub usage_micros: i64,
+    /// Subscription package credits (C6).
+    pub subscriptions_micros: i64,
+    /// Bonus credits granted, less those that expired (C7), signed.
+    pub bonuses_micros: i64,
+    /// A seller's earnings from calls to its APIs (C8).
+    pub revenue_micros: i64,
+    /// The platform's fee on those earnings (a positive number).
+    pub platform_fees_micros: i64,
     /// Every other movement, signed.
     pub other_micros: i64,
     pub closing_balance_micros: i64,
@@ -284,4 +296,91 @@ pub struct AutoTopup {
 pub struct AutoTopupList {
     /// One per environment that has a rule.
     pub items: Vec<AutoTopup>,
+}
+
+/// A subscription credit package the server offers (C6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreditPackage {
+    pub slug: String,
+    pub name: String,
+    /// Credited at every paid period (one month).
+    pub credits_micros: i64,
+    /// The price of one period, in millionths of one unit of `currency`.
+    pub price_units: i64,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreditPackageList {
+    pub items: Vec<CreditPackage>,
+}
+
+/// Subscribe to a package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SubscribeRequest {
+    pub environment: Environment,
+    /// A package slug from `GET /api/v1/billing/packages`.
+    pub package: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    /// Waiting for the payment of its first period.
+    Pending,
+    /// Paid up to `current_period_end`; renewed then unless cancelled.
+    Active,
+    Canceled,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Pending => "pending",
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            SubscriptionStatus::Pending,
+            SubscriptionStatus::Active,
+            SubscriptionStatus::Canceled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// A namespace's subscription to a credit package (C6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Subscription {
+    pub id: String,
+    pub environment: Environment,
+    pub package: String,
+    pub credits_micros: i64,
+    pub price_units: i64,
+    pub currency: Currency,
+    pub status: SubscriptionStatus,
+    /// RFC 3339: the end of the paid period.
+    pub current_period_end: Option<String>,
+    /// Cancelled: it ends with the paid period instead of renewing.
+    pub cancel_at_period_end: bool,
+    /// The payment intent of the first period or of the renewal, while unpaid.
+    pub pending_intent_id: Option<String>,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SubscriptionList {
+    /// Newest first.
+    pub items: Vec<Subscription>,
 }

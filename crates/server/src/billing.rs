@@ -183,6 +183,16 @@ pub fn convert(amount_units: i64, rate_micros: i64) -> Option<i64> {
     i64::try_from(credits).ok()
 }
 
+/// The rate a fixed credit works out at: micro-credits per whole unit when
+/// `amount_units` (millionths) buys `credited_micros`; saturating.
+pub fn rate_of(amount_units: i64, credited_micros: i64) -> i64 {
+    if amount_units <= 0 {
+        return 0;
+    }
+    let rate = i128::from(credited_micros) * 1_000_000 / i128::from(amount_units);
+    i64::try_from(rate).unwrap_or(i64::MAX)
+}
+
 /// Brings one alert in line with its balance: fires it (one event) if it is
 /// armed and the balance is below the threshold, re-arms it if the balance is
 /// back. Safe to run from anywhere at any time.
@@ -232,6 +242,7 @@ pub async fn check_auto_topup(store: &Store, ns: &str, env: Environment) -> ApiR
                 created_by: AUTO_TOPUP_ACTOR.to_owned(),
                 created_at: tally_store::now_ms(),
                 deposit: None,
+                subscription_id: None,
             },
         )
         .await?;

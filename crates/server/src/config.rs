@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use tally_common::Currency;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -153,8 +154,41 @@ pub struct BillingSettings {
     /// the processor retries).
     pub price_timeout_ms: u64,
     /// How often balances are compared with low-balance alert and auto
-    /// top-up thresholds.
+    /// top-up thresholds, and bonus expiries, seller pauses and subscription
+    /// renewals are looked for.
     pub alert_check_interval_ms: u64,
+    /// The subscription credit packages offered (C6), as `[[billing.packages]]`.
+    pub packages: Vec<PackageSettings>,
+}
+
+/// One subscription credit package: `credits_micros` credited each month for
+/// `price_units` (millionths) of `currency`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PackageSettings {
+    pub slug: String,
+    pub name: String,
+    pub credits_micros: i64,
+    pub price_units: i64,
+    #[serde(default = "usdc")]
+    pub currency: Currency,
+}
+
+fn usdc() -> Currency {
+    Currency::Usdc
+}
+
+fn default_packages() -> Vec<PackageSettings> {
+    let package = |slug: &str, name: &str, credits: i64, price: i64| PackageSettings {
+        slug: slug.into(),
+        name: name.into(),
+        credits_micros: credits * 1_000_000,
+        price_units: price * 1_000_000,
+        currency: Currency::Usdc,
+    };
+    vec![
+        package("starter", "Starter", 110, 100),
+        package("growth", "Growth", 600, 500),
+    ]
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +219,7 @@ impl Default for BillingSettings {
             price_url: None,
             price_timeout_ms: 5000,
             alert_check_interval_ms: 1000,
+            packages: default_packages(),
         }
     }
 }

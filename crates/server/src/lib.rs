@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod upkeep;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -112,10 +113,10 @@ impl Application {
                 .await
                 .context("cannot load the catalog")?;
         gateway.start_background();
-        billing::start_alert_checker(
-            store.clone(),
-            std::time::Duration::from_millis(settings.billing.alert_check_interval_ms),
-        );
+        let check_every =
+            std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
+        billing::start_alert_checker(store.clone(), check_every);
+        upkeep::start(store.clone(), gateway.clone(), check_every);
 
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

@@ -36,6 +36,8 @@ pub struct IntentRow {
     pub created_by: String,
     pub created_at: i64,
     pub deposit: Option<DepositRow>,
+    /// The subscription whose period this intent pays (C6).
+    pub subscription_id: Option<String>,
 }
 
 fn env(r: &sqlx::any::AnyRow, col: &str) -> Result<Environment> {
@@ -49,7 +51,7 @@ fn currency(r: &sqlx::any::AnyRow, col: &str) -> Result<Currency> {
 }
 
 const INTENT_SELECT: &str = "SELECT i.id, i.namespace_id, i.environment, i.currency, \
-     i.amount_units, i.status, i.created_by, i.created_at, \
+     i.amount_units, i.status, i.created_by, i.created_at, i.subscription_id, \
      d.external_tx_id, d.currency AS d_currency, d.amount_units AS d_amount_units, \
      d.rate_micros, d.credited_micros, d.ledger_entry_id, d.received_at \
      FROM payment_intents i LEFT JOIN deposits d ON d.intent_id = i.id";
@@ -85,13 +87,15 @@ fn intent_from_row(r: &sqlx::any::AnyRow) -> Result<IntentRow> {
         created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
         deposit,
+        subscription_id: r.try_get("subscription_id")?,
     })
 }
 
 pub async fn insert_intent(conn: &mut AnyConnection, i: &IntentRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO payment_intents (id, namespace_id, environment, currency, amount_units, \
-         status, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         status, created_by, created_at, subscription_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&i.id)
     .bind(&i.namespace_id)
@@ -101,6 +105,7 @@ pub async fn insert_intent(conn: &mut AnyConnection, i: &IntentRow) -> Result<()
     .bind(i.status.as_str())
     .bind(&i.created_by)
     .bind(i.created_at)
+    .bind(i.subscription_id.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -124,23 +124,48 @@ pub async fn append(conn: &mut AnyConnection, e: NewEntry<'_>) -> Result<LedgerR
     from_row(&row)
 }
 
-/// Entries newest first, older than entry `before` when given.
+/// Which entries a ledger read returns (the spending log's filters, C4).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LedgerFilter<'a> {
+    /// Only entries older than this id (paging).
+    pub before: Option<i64>,
+    pub kind: Option<&'a str>,
+    /// Who caused it, e.g. the key id of a call.
+    pub actor: Option<&'a str>,
+    /// E.g. a call id.
+    pub reference: Option<&'a str>,
+    /// Unix ms, inclusive.
+    pub from: Option<i64>,
+    /// Unix ms, exclusive.
+    pub to: Option<i64>,
+}
+
+/// Entries newest first.
 pub async fn list(
     conn: &mut AnyConnection,
     namespace_id: &str,
     environment: Environment,
-    before: Option<i64>,
+    f: LedgerFilter<'_>,
     limit: i64,
 ) -> Result<Vec<LedgerRow>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM ledger_entries \
-         WHERE namespace_id = $1 AND environment = $2 AND ($3 < 0 OR id < $3) \
-         ORDER BY id DESC LIMIT $4"
+         WHERE namespace_id = $1 AND environment = $2 AND id < $3 \
+         AND (CAST($4 AS TEXT) IS NULL OR kind = $4) \
+         AND (CAST($5 AS TEXT) IS NULL OR actor = $5) \
+         AND (CAST($6 AS TEXT) IS NULL OR reference = $6) \
+         AND time >= $7 AND time < $8 \
+         ORDER BY id DESC LIMIT $9"
     );
     let rows = sqlx::query(&sql)
         .bind(namespace_id)
         .bind(environment.as_str())
-        .bind(before.unwrap_or(-1))
+        .bind(f.before.unwrap_or(i64::MAX))
+        .bind(f.kind)
+        .bind(f.actor)
+        .bind(f.reference)
+        .bind(f.from.unwrap_or(i64::MIN))
+        .bind(f.to.unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;

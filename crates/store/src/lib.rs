@@ -15,15 +15,18 @@ pub mod accounts;
 pub mod alerts;
 pub mod auto_topups;
 pub mod billing;
+pub mod bonuses;
 pub mod catalog;
 pub mod events;
 pub mod keys;
 pub mod ledger;
 pub mod namespaces;
 pub mod recorder;
+pub mod sellers;
 pub mod sessions;
 pub mod settings;
 pub mod statements;
+pub mod subscriptions;
 mod threshold;
 pub mod usage;
 

@@ -365,16 +365,53 @@ pub async fn balances(ns: &str) -> ApiResult<Balances> {
     .await
 }
 
+/// Percent-encodes a query parameter value.
+pub fn query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Filters of a ledger read (the spending log, C4); empty fields are left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LedgerFilter {
+    pub kind: String,
+    pub actor: String,
+    pub reference: String,
+    /// RFC 3339.
+    pub from: String,
+    /// RFC 3339.
+    pub to: String,
+}
+
 pub async fn ledger(
     ns: &str,
     env: Environment,
     limit: u32,
     before: Option<i64>,
+    filter: &LedgerFilter,
 ) -> ApiResult<LedgerPage> {
     let mut path =
         format!("/api/v1/namespaces/{ns}/credits/ledger?environment={env}&limit={limit}");
     if let Some(before) = before {
         path.push_str(&format!("&before={before}"));
+    }
+    for (name, value) in [
+        ("kind", &filter.kind),
+        ("actor", &filter.actor),
+        ("reference", &filter.reference),
+        ("from", &filter.from),
+        ("to", &filter.to),
+    ] {
+        if !value.trim().is_empty() {
+            path.push_str(&format!("&{name}={}", query_value(value.trim())));
+        }
     }
     authed(Method::Get, &path, None).await
 }
@@ -505,4 +542,35 @@ pub async fn set_auto_topup(
 pub async fn remove_auto_topup(ns: &str, env: Environment) -> ApiResult<()> {
     let path = format!("/api/v1/namespaces/{ns}/credits/auto-topups/{env}");
     authed(Method::Delete, &path, None).await
+}
+
+// --- Subscriptions, bonuses, banners (C6, C7, C8, D5) ----------------------------
+
+pub async fn packages() -> ApiResult<CreditPackageList> {
+    authed(Method::Get, "/api/v1/billing/packages", None).await
+}
+
+pub async fn subscriptions(ns: &str) -> ApiResult<SubscriptionList> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/subscriptions");
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn subscribe(ns: &str, req: &SubscribeRequest) -> ApiResult<Subscription> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/subscriptions");
+    authed(Method::Post, &path, to_value(req)).await
+}
+
+pub async fn cancel_subscription(ns: &str, id: &str) -> ApiResult<Subscription> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/subscriptions/{id}");
+    authed(Method::Delete, &path, None).await
+}
+
+pub async fn bonuses(ns: &str, env: Environment) -> ApiResult<BonusList> {
+    let path = format!("/api/v1/namespaces/{ns}/credits/bonuses?environment={env}");
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn banners(ns: &str, env: Environment) -> ApiResult<BannerList> {
+    let path = format!("/api/v1/namespaces/{ns}/banners?environment={env}");
+    authed(Method::Get, &path, None).await
 }

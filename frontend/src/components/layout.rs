@@ -8,6 +8,7 @@ use leptos_router::hooks::use_navigate;
 use tally_common::Environment;
 
 use crate::api;
+use crate::components::banners::{provide_banners_changed, Banners};
 use crate::components::{human_duration, provide_refresh_tick, use_refresh_tick, ErrorNotice};
 use crate::state::use_app;
 
@@ -39,6 +40,7 @@ pub fn Layout() -> impl IntoView {
 #[component]
 fn Shell() -> impl IntoView {
     provide_refresh_tick();
+    provide_banners_changed();
     let app = use_app();
     // The account's namespaces; reloaded when something changes them.
     let me = LocalResource::new(move || {
@@ -91,6 +93,7 @@ fn Shell() -> impl IntoView {
                         when=move || app.current().is_some()
                         fallback=|| view! { <p class="loading">"Loading…"</p> }
                     >
+                        <Banners />
                         <Outlet />
                     </Show>
                 </main>

@@ -1,3 +1,4 @@
+pub mod banners;
 pub mod layout;
 
 use leptos::prelude::*;

@@ -180,9 +180,57 @@ fn Grant(on_done: impl Fn() + Copy + 'static) -> impl IntoView {
     }
 }
 
+/// The kinds of ledger entries, for the spending log's filter.
+const KINDS: [(&str, &str); 11] = [
+    ("", "All kinds"),
+    ("usage", "Usage (calls)"),
+    ("topup", "Top-ups"),
+    ("subscription", "Subscriptions"),
+    ("grant", "Grants"),
+    ("faucet", "Faucet"),
+    ("bonus", "Bonuses"),
+    ("bonus_expired", "Expired bonuses"),
+    ("revenue", "Seller revenue"),
+    ("platform_fee", "Platform fees"),
+    ("adjustment", "Adjustments"),
+];
+
+/// A date input (`YYYY-MM-DD`) as the start of that UTC day, or of the next.
+fn day_bound(date: &str, next_day: bool) -> String {
+    let date = date.trim();
+    if date.is_empty() {
+        return String::new();
+    }
+    if next_day {
+        // The end bound is exclusive: the last instant of the day is included.
+        format!("{date}T23:59:59.999Z")
+    } else {
+        format!("{date}T00:00:00Z")
+    }
+}
+
+/// The ledger, newest first. With `filterable` it is the spending log (C4):
+/// filters by kind, key, call id and dates, every debit traceable to its call.
 #[component]
-fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
+pub fn Ledger(
+    tick: RwSignal<u32>,
+    changed: RwSignal<u32>,
+    #[prop(optional)] filterable: bool,
+) -> impl IntoView {
     let app = use_app();
+    let filter = RwSignal::new(api::LedgerFilter::default());
+    let (from_day, to_day) = (RwSignal::new(String::new()), RwSignal::new(String::new()));
+    let keys = LocalResource::new(move || {
+        let ns = app.namespace.get().unwrap_or_default();
+        let env = app.environment.get();
+        async move {
+            if filterable {
+                api::keys(&ns, env, None).await.map(|k| k.items)
+            } else {
+                Ok(Vec::new())
+            }
+        }
+    });
     // How many pages are shown. A refresh reloads all of them by following
     // `next_before` from the newest entry, so new entries never leave a gap
     // between the first page and the older ones.
@@ -190,6 +238,7 @@ fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
     Effect::new(move |_| {
         app.namespace.track();
         app.environment.track();
+        filter.track();
         pages.set(1);
     });
     let ledger = LocalResource::new(move || {
@@ -198,11 +247,12 @@ fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
         let ns = app.namespace.get().unwrap_or_default();
         let env = app.environment.get();
         let pages = pages.get();
+        let filter = filter.get();
         async move {
             let mut items: Vec<LedgerEntry> = Vec::new();
             let mut before = None;
             for _ in 0..pages {
-                let page = api::ledger(&ns, env, LEDGER_PAGE, before).await?;
+                let page = api::ledger(&ns, env, LEDGER_PAGE, before, &filter).await?;
                 items.extend(page.items);
                 before = page.next_before;
                 if before.is_none() {
@@ -212,10 +262,56 @@ fn Ledger(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
             Ok::<_, api::ApiError>((items, before))
         }
     });
+    let set = move |f: fn(&mut api::LedgerFilter, String)| {
+        move |ev: leptos::ev::Event| {
+            let v = event_target_value(&ev);
+            filter.update(|filter| f(filter, v));
+        }
+    };
+    let filters = move || {
+        filterable.then(|| view! {
+            <div class="inline-row filters" data-testid="ledger-filters">
+                <select data-testid="filter-kind" on:change=set(|f, v| f.kind = v)>
+                    {KINDS.iter().map(|(value, label)| view! {
+                        <option value=*value selected=move || filter.with(|f| f.kind == *value)>{*label}</option>
+                    }).collect_view()}
+                </select>
+                <select data-testid="filter-key" on:change=set(|f, v| f.actor = v)>
+                    <option value="">"All keys"</option>
+                    {move || keys.get().and_then(Result::ok).unwrap_or_default().into_iter().map(|k| view! {
+                        <option value=k.id.clone()>{format!("{} (…{})", k.name, k.last4)}</option>
+                    }).collect_view()}
+                </select>
+                <input data-testid="filter-reference" placeholder="Call id or reference"
+                    on:change=set(|f, v| f.reference = v) />
+                <label class="muted">"From "
+                    <input type="date" data-testid="filter-from" prop:value=move || from_day.get()
+                        on:change=move |ev| {
+                            let v = event_target_value(&ev);
+                            filter.update(|f| f.from = day_bound(&v, false));
+                            from_day.set(v);
+                        } />
+                </label>
+                <label class="muted">"To "
+                    <input type="date" data-testid="filter-to" prop:value=move || to_day.get()
+                        on:change=move |ev| {
+                            let v = event_target_value(&ev);
+                            filter.update(|f| f.to = day_bound(&v, true));
+                            to_day.set(v);
+                        } />
+                </label>
+            </div>
+        })
+    };
     view! {
-        <section class="panel">
-            <h2>"Ledger"</h2>
-            <p class="muted">"Every change of the balance, newest first; the balance is their sum."</p>
+        <section class="panel" data-testid=if filterable { "spending-log" } else { "ledger-panel" }>
+            <h2>{if filterable { "Spending log" } else { "Ledger" }}</h2>
+            <p class="muted">{if filterable {
+                "Every movement of the balance, newest first. A call's usage entry names its key and references its call id; filter to trace spending."
+            } else {
+                "Every change of the balance, newest first; the balance is their sum."
+            }}</p>
+            {filters}
             <Loaded resource=ledger loading="Loading the ledger…" show=move |ledger| {
                 match ledger {
                     (items, _) if items.is_empty() => view! {

@@ -1,24 +1,27 @@
-//! Finance (C2, C4, C5, C6): the selected environment's balance, top-ups
-//! through payment intents, the invoice history with downloads, the
-//! low-balance alert and the auto top-up rule.
+//! Finance (C2, C4–C7): the selected environment's balance, top-ups through
+//! payment intents, the spending log with filters, the invoice history with
+//! downloads, subscription packages, bonus credits, the low-balance alert and
+//! the auto top-up rule. The paused and low-balance banners link here.
 //!
-//! Every member sees the balance and the alert (and its banner); top-ups,
-//! invoices and auto top-up belong to owners, admins and billing members,
-//! as on the server.
+//! Every member sees the balance, the spending log, bonuses and the alert;
+//! top-ups, invoices, subscriptions and auto top-up belong to owners, admins
+//! and billing members, as on the server.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tally_common::{
-    AutoTopup, Currency, Environment, IntentStatus, LowBalanceAlert, LowBalanceAlertList,
-    PaymentIntent, SetAutoTopupRequest, StatementSummary,
+    AutoTopup, Bonus, Currency, Environment, IntentStatus, LowBalanceAlert, LowBalanceAlertList,
+    PaymentIntent, SetAutoTopupRequest, StatementSummary, SubscribeRequest, Subscription,
+    SubscriptionStatus,
 };
 
 use crate::api::{self, ApiError};
+use crate::components::banners::banners_changed;
 use crate::components::{
     credits, credits_label, invalid_input, parse_credits, short_time, use_refresh_tick,
     ErrorNotice, Loaded,
 };
-use crate::pages::credits::{balances_resource, CurrentBalance};
+use crate::pages::credits::{balances_resource, CurrentBalance, Ledger};
 use crate::state::use_app;
 
 const INTENT_PAGE: u32 = 20;
@@ -63,6 +66,13 @@ pub fn Finance() -> impl IntoView {
         let ns = app.namespace.get().unwrap_or_default();
         async move { api::alerts(&ns).await }
     });
+    // What changes here may change a banner (a top-up, the threshold).
+    Effect::new(move |first: Option<()>| {
+        changed.track();
+        if first.is_some() {
+            banners_changed();
+        }
+    });
 
     view! {
         <div class="page-head">
@@ -76,13 +86,9 @@ pub fn Finance() -> impl IntoView {
                 </span>
             </div>
         </div>
-        <LowBalanceBanner alerts />
         <section class="panel">
             <h2>{move || format!("Balance ({})", app.environment.get())}</h2>
             <CurrentBalance balances />
-            <p class="muted" style="margin-top:12px">
-                "Every movement is on the " <a href="/credits">"Credits"</a> " page's ledger."
-            </p>
         </section>
         <Show
             when=move || app.can_bill()
@@ -95,37 +101,17 @@ pub fn Finance() -> impl IntoView {
         >
             <TopUp changed />
             <Intents tick changed />
-            <Invoices tick changed />
         </Show>
+        <Ledger tick changed filterable=true />
+        <Show when=move || app.can_bill()>
+            <Invoices tick changed />
+            <Subscriptions tick changed />
+        </Show>
+        <Bonuses tick changed />
         <AlertSettings alerts changed />
         <Show when=move || app.can_bill()>
             <AutoTopupSettings tick changed />
         </Show>
-    }
-}
-
-/// A warning while the selected environment's balance is below its alert threshold.
-#[component]
-fn LowBalanceBanner(alerts: LocalResource<Result<LowBalanceAlertList, ApiError>>) -> impl IntoView {
-    let app = use_app();
-    move || {
-        let env = app.environment.get();
-        let alert = alerts
-            .get()
-            .and_then(Result::ok)
-            .and_then(|list| alert_of(&list, env))
-            .filter(|a| a.below)?;
-        Some(view! {
-            <div class="alert warning" data-testid="low-balance-banner">
-                <strong>"Low balance. "</strong>
-                {format!(
-                    "The {env} balance ({}) is below the alert threshold of {}.",
-                    credits_label(alert.balance_micros),
-                    credits_label(alert.threshold_micros),
-                )}
-                {app.can_bill().then_some(" Top up below to keep calls going.")}
-            </div>
-        })
     }
 }
 
@@ -361,7 +347,7 @@ fn Invoices(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
     view! {
         <section class="panel">
             <h2>"Invoices"</h2>
-            <p class="muted">"One statement per month (UTC). The running month's figures change until it closes; closing = opening + top-ups + grants − usage + other."</p>
+            <p class="muted">"One statement per month (UTC). The running month's figures change until it closes; closing = opening + top-ups + grants − usage + subscriptions + bonuses + revenue − fees + other."</p>
             {move || download_error.get().map(|e| view! { <ErrorNotice error=e /> })}
             <Loaded resource=statements loading="Loading statements…" show=move |list| {
                 view! {
@@ -399,7 +385,10 @@ fn StatementRow(
             <td class="num pos" data-testid="statement-topups">{credits(s.topups_micros)}</td>
             <td class="num">{credits(s.grants_micros)}</td>
             <td class=usage_class data-testid="statement-usage">{credits(s.usage_micros)}</td>
-            <td class="num">{credits(s.other_micros)}</td>
+            <td class="num">{credits(
+                s.other_micros + s.subscriptions_micros + s.bonuses_micros + s.revenue_micros
+                    - s.platform_fees_micros,
+            )}</td>
             <td class="num" data-testid="statement-closing"><strong>{credits(s.closing_balance_micros)}</strong></td>
             <td class="downloads">
                 <button class="small secondary" data-testid="download-csv"
@@ -619,4 +608,183 @@ fn rule_text(r: &AutoTopup) -> String {
         credits_label(r.threshold_micros),
         units_label(r.amount_units, r.currency)
     )
+}
+
+#[component]
+fn Subscriptions(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
+    let app = use_app();
+    let packages = LocalResource::new(api::packages);
+    let subscriptions = LocalResource::new(move || {
+        tick.track();
+        changed.track();
+        let ns = app.namespace.get().unwrap_or_default();
+        async move { api::subscriptions(&ns).await }
+    });
+    let outcome: Outcome = RwSignal::new(None);
+    let subscribe = move |package: String| {
+        let ns = app.namespace.get_untracked().unwrap_or_default();
+        let req = SubscribeRequest {
+            environment: app.environment.get_untracked(),
+            package,
+        };
+        spawn_local(async move {
+            let result = api::subscribe(&ns, &req).await.map(|s| {
+                changed.update(|n| *n += 1);
+                format!(
+                    "Subscribed to {}: pay payment intent {} to start it.",
+                    s.package,
+                    s.pending_intent_id.unwrap_or_default()
+                )
+            });
+            outcome.set(Some(result));
+        });
+    };
+    let cancel = move |id: String| {
+        let ns = app.namespace.get_untracked().unwrap_or_default();
+        spawn_local(async move {
+            let result = api::cancel_subscription(&ns, &id).await.map(|s| {
+                changed.update(|n| *n += 1);
+                match s.current_period_end {
+                    Some(end) if s.status == SubscriptionStatus::Active => {
+                        format!("Cancelled: it ends on {}.", short_time(&end))
+                    }
+                    _ => "Cancelled.".to_owned(),
+                }
+            });
+            outcome.set(Some(result));
+        });
+    };
+    let current = move || {
+        let env = app.environment.get();
+        subscriptions.get().and_then(Result::ok).and_then(|list| {
+            list.items
+                .into_iter()
+                .find(|s| s.environment == env && s.status != SubscriptionStatus::Canceled)
+        })
+    };
+    view! {
+        <section class="panel" data-testid="subscriptions">
+            <h2>"Subscription"</h2>
+            <p class="muted">"A package credits its credits every month once its payment intent is paid; renewals create a new intent at the end of each period."</p>
+            {outcome_view(outcome)}
+            {move || match current() {
+                Some(s) => view! { <SubscriptionView s cancel /> }.into_any(),
+                None => view! {
+                    <Loaded resource=packages loading="Loading packages…" show=move |list| {
+                        if list.items.is_empty() {
+                            return view! { <p class="muted">"This server offers no packages."</p> }.into_any();
+                        }
+                        view! {
+                            <div class="packages">
+                                {list.items.into_iter().map(|p| {
+                                    let slug = p.slug.clone();
+                                    view! {
+                                        <div class="package" data-testid="package">
+                                            <strong>{p.name}</strong>
+                                            <div>{format!("{} a month", credits_label(p.credits_micros))}</div>
+                                            <div class="muted">{units_label(p.price_units, p.currency)}" / month"</div>
+                                            <button class="small" data-testid="subscribe"
+                                                on:click=move |_| subscribe(slug.clone())>"Subscribe"</button>
+                                        </div>
+                                    }
+                                }).collect_view()}
+                            </div>
+                        }.into_any()
+                    } />
+                }.into_any(),
+            }}
+        </section>
+    }
+}
+
+#[component]
+fn SubscriptionView(s: Subscription, cancel: impl Fn(String) + Copy + 'static) -> impl IntoView {
+    let id = s.id.clone();
+    let state = match (s.status, s.cancel_at_period_end) {
+        (SubscriptionStatus::Pending, _) => {
+            view! { <span class="badge warning">"awaiting payment"</span> }.into_any()
+        }
+        (_, true) => view! { <span class="badge">"ends with the period"</span> }.into_any(),
+        _ => view! { <span class="badge ok">"active"</span> }.into_any(),
+    };
+    view! {
+        <p data-testid="subscription-current">
+            <strong>{s.package.clone()}</strong>
+            {format!(
+                " · {} a month for {} ",
+                credits_label(s.credits_micros),
+                units_label(s.price_units, s.currency)
+            )}
+            {state}
+        </p>
+        {s.current_period_end.map(|end| view! {
+            <p class="muted">{format!("Paid until {}", short_time(&end))}</p>
+        })}
+        {s.pending_intent_id.map(|pi| view! {
+            <p class="muted">"Payment intent to pay: " <code data-testid="subscription-intent">{pi}</code></p>
+        })}
+        {(!s.cancel_at_period_end).then(|| view! {
+            <button class="secondary" data-testid="subscription-cancel"
+                on:click=move |_| cancel(id.clone())>"Cancel subscription"</button>
+        })}
+    }
+}
+
+#[component]
+fn Bonuses(tick: RwSignal<u32>, changed: RwSignal<u32>) -> impl IntoView {
+    let app = use_app();
+    let bonuses = LocalResource::new(move || {
+        tick.track();
+        changed.track();
+        let ns = app.namespace.get().unwrap_or_default();
+        let env = app.environment.get();
+        async move { api::bonuses(&ns, env).await }
+    });
+    view! {
+        <section class="panel" data-testid="bonuses">
+            <h2>"Bonus credits"</h2>
+            <p class="muted">"Bonuses for running nodes, test jobs, feedback and referrals. Those that expire are spent first; what is left at expiry leaves the balance."</p>
+            <Loaded resource=bonuses loading="Loading bonuses…" show=move |list| {
+                if list.items.is_empty() {
+                    return view! { <p class="muted" data-testid="no-bonuses">"No bonus credits in this environment."</p> }.into_any();
+                }
+                view! {
+                    {(list.expiring_micros > 0).then(|| view! {
+                        <p data-testid="bonus-expiring">
+                            {format!("{} of bonus credits expire", credits_label(list.expiring_micros))}
+                            {list.next_expiry.map(|t| format!(", the next on {}", short_time(&t)))}
+                        </p>
+                    })}
+                    <div class="table-wrap"><table>
+                        <thead><tr>
+                            <th>"Granted"</th><th>"Reason"</th><th class="num">"Amount"</th>
+                            <th class="num">"Left"</th><th>"Expires"</th><th>"Status"</th>
+                        </tr></thead>
+                        <tbody>
+                            {list.items.into_iter().map(|b| view! { <BonusRow b /> }).collect_view()}
+                        </tbody>
+                    </table></div>
+                }.into_any()
+            } />
+        </section>
+    }
+}
+
+#[component]
+fn BonusRow(b: Bonus) -> impl IntoView {
+    let status = match b.status.as_str() {
+        "active" => view! { <span class="badge ok">"active"</span> }.into_any(),
+        "expired" => view! { <span class="badge">{format!("expired · {} left", credits_label(b.expired_micros))}</span> }.into_any(),
+        other => view! { <span class="badge">{other.to_owned()}</span> }.into_any(),
+    };
+    view! {
+        <tr data-testid="bonus-row">
+            <td class="muted nowrap">{short_time(&b.created_at)}</td>
+            <td>{b.reason.label()}{b.memo.map(|m| view! { <div class="muted">{m}</div> })}</td>
+            <td class="num pos">{credits_label(b.amount_micros)}</td>
+            <td class="num">{credits_label(b.remaining_micros)}</td>
+            <td class="muted nowrap">{b.expires_at.map_or_else(|| "never".to_owned(), |t| short_time(&t))}</td>
+            <td>{status}</td>
+        </tr>
+    }
 }

@@ -118,6 +118,27 @@ impl Accounts {
         }))
     }
 
+    /// Reserves as much of `amount` as is available now (maybe nothing), for
+    /// a debit that takes what it can rather than fail (a bonus expiry, C7).
+    pub async fn hold_up_to(
+        &self,
+        ns: &str,
+        env: Environment,
+        amount: i64,
+    ) -> tally_store::Result<Hold> {
+        let account = self.account(ns, env).await?;
+        let amount = {
+            let mut a = lock(&account);
+            let take = amount.min(a.balance - a.held).max(0);
+            a.held += take;
+            take
+        };
+        Ok(Hold {
+            account: Some(account),
+            amount,
+        })
+    }
+
     /// Adds committed credits (a grant, the faucet) to a loaded account.
     pub fn credited(&self, ns: &str, env: Environment, amount: i64) {
         if let Some(slot) = self.map.get(&(ns.to_owned(), env)) {

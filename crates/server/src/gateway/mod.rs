@@ -669,7 +669,12 @@ impl Gateway {
             Some(seller) if cost > 0 => {
                 // Loaded before the commit, so the credit cannot be missed
                 // by a load racing with it (see `Accounts::load`).
-                if self.accounts.load(seller, record.environment).await.is_err() {
+                if self
+                    .accounts
+                    .load(seller, record.environment)
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
                 Some((seller.to_owned(), cost - record.platform_fee_micros))
@@ -856,6 +861,16 @@ async fn catalog_sync(store: &Store, config_apis: &[CatalogApiConfig]) -> anyhow
     for api in config_apis {
         catalog::validate(api)
             .map_err(|e| anyhow::anyhow!("catalog API '{}' in the config file: {e}", api.slug))?;
+        // A seller that does not exist could not be credited: every batch of
+        // calls naming it would fail to commit.
+        if let Some(owner) = &api.owner_namespace_id {
+            if !tally_store::namespaces::exists(&mut tx, owner).await? {
+                anyhow::bail!(
+                    "catalog API '{}' in the config file: owner_namespace_id '{owner}' is not a namespace",
+                    api.slug
+                );
+            }
+        }
         tally_store::catalog::upsert(&mut tx, &api.slug, &serde_json::to_string(api)?, "config")
             .await?;
     }

@@ -271,11 +271,11 @@ pub async fn update(
 }
 
 /// A seller owner must be an existing namespace.
-async fn check_owner(conn: &mut sqlx::AnyConnection, c: &CatalogApiConfig) -> ApiResult<()> {
+async fn check_owner(conn: &mut tally_store::AnyConnection, c: &CatalogApiConfig) -> ApiResult<()> {
     match &c.owner_namespace_id {
-        Some(ns) if !tally_store::namespaces::exists(conn, ns).await? => Err(
-            ApiError::invalid(format!("owner_namespace_id: no namespace '{ns}'")),
-        ),
+        Some(ns) if !tally_store::namespaces::exists(conn, ns).await? => Err(ApiError::invalid(
+            format!("owner_namespace_id: no namespace '{ns}'"),
+        )),
         _ => Ok(()),
     }
 }

@@ -15,7 +15,7 @@ use tally_common::{
     LedgerPage, Severity,
 };
 use tally_store::events::NewEvent;
-use tally_store::ledger::{LedgerRow, NewEntry};
+use tally_store::ledger::{LedgerFilter, LedgerRow, NewEntry};
 use tally_store::AnyConnection;
 use utoipa::IntoParams;
 
@@ -106,9 +106,39 @@ pub struct LedgerQuery {
     pub limit: Option<i64>,
     /// Only entries older than this id (the `next_before` of the previous page).
     pub before: Option<i64>,
+    /// Only this kind (`usage`, `topup`, `grant`, `bonus`, `revenue`, …).
+    pub kind: Option<String>,
+    /// Only entries caused by this actor, e.g. a key id (the spending of one key).
+    pub actor: Option<String>,
+    /// Only entries with this reference, e.g. a call id.
+    pub reference: Option<String>,
+    /// RFC 3339; entries at or after it.
+    pub from: Option<String>,
+    /// RFC 3339; entries before it.
+    pub to: Option<String>,
 }
 
-/// The ledger of one environment, newest first.
+fn time_param(name: &str, value: Option<&str>) -> ApiResult<Option<i64>> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+fn text_param<'a>(name: &str, value: Option<&'a str>) -> ApiResult<Option<&'a str>> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) if v.chars().count() > 200 || v.chars().any(char::is_control) => Err(
+            ApiError::invalid(format!("{name} must be at most 200 characters")),
+        ),
+        other => Ok(other),
+    }
+}
+
+/// The ledger of one environment, newest first, optionally filtered: the
+/// spending log (C4) is the `usage` entries, each referencing its call.
 #[utoipa::path(
     tag = "credits",
     security(("bearer" = [])),
@@ -128,15 +158,17 @@ pub async fn ledger(
         return Err(ApiError::invalid("limit must be 1 to 200"));
     }
     let env = query.environment.unwrap_or_default();
+    let filter = LedgerFilter {
+        before: query.before,
+        kind: text_param("kind", query.kind.as_deref())?,
+        actor: text_param("actor", query.actor.as_deref())?,
+        reference: text_param("reference", query.reference.as_deref())?,
+        from: time_param("from", query.from.as_deref())?,
+        to: time_param("to", query.to.as_deref())?,
+    };
     let mut conn = state.store.conn().await?;
-    let rows = tally_store::ledger::list(
-        &mut conn,
-        member.namespace_id(),
-        env,
-        query.before,
-        limit + 1,
-    )
-    .await?;
+    let rows =
+        tally_store::ledger::list(&mut conn, member.namespace_id(), env, filter, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let items: Vec<LedgerEntry> = rows
         .into_iter()
@@ -155,12 +187,14 @@ pub async fn ledger(
 /// moves the in-memory balance. With a cooldown, the namespace's last entry of
 /// the same kind must be older than that (checked under the namespace's row
 /// lock, so two requests at once cannot both pass); `Err(last)` otherwise.
-async fn credit(
+/// A `bonus` grant row is recorded with the entry, pointing at it.
+pub(crate) async fn credit(
     state: &AppState,
     entry: NewEntry<'_>,
     event: &str,
     actor: &str,
     cooldown_ms: Option<i64>,
+    bonus: Option<tally_store::bonuses::BonusRow>,
 ) -> ApiResult<Result<LedgerRow, i64>> {
     state
         .gateway
@@ -179,6 +213,10 @@ async fn credit(
         }
     }
     let row = tally_store::ledger::append(&mut tx, entry.clone()).await?;
+    if let Some(mut bonus) = bonus {
+        bonus.ledger_entry_id = row.id;
+        tally_store::bonuses::insert(&mut tx, &bonus).await?;
+    }
     tally_store::events::insert(
         &mut tx,
         NewEvent {
@@ -247,6 +285,7 @@ pub async fn faucet(state: web::Data<AppState>, member: CurrentMember) -> ApiRes
         "Test credits from the faucet",
         &member.email,
         Some(cooldown_ms),
+        None,
     )
     .await?;
     let now = tally_store::now_ms();
@@ -334,6 +373,7 @@ pub async fn grant(
         },
         "Credits granted by an operator",
         &operator.email,
+        None,
         None,
     )
     .await?

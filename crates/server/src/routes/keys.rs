@@ -143,7 +143,7 @@ fn check_limits(l: &KeyLimits) -> ApiResult<()> {
     }
 }
 
-fn parse_expiry(value: &str) -> ApiResult<i64> {
+pub(crate) fn parse_expiry(value: &str) -> ApiResult<i64> {
     let t = chrono::DateTime::parse_from_rfc3339(value.trim())
         .map_err(|_| ApiError::invalid("expires_at must be an RFC 3339 time"))?
         .timestamp_millis();

@@ -4,6 +4,8 @@
 pub mod alerts;
 pub mod auth;
 pub mod auto_topups;
+pub mod banners;
+pub mod bonuses;
 pub mod catalog;
 pub mod credits;
 pub mod events;
@@ -12,6 +14,7 @@ pub mod me;
 pub mod members;
 pub mod namespaces;
 pub mod statements;
+pub mod subscriptions;
 pub mod system;
 pub mod topups;
 pub mod usage;
@@ -66,6 +69,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(credits::ledger)
                 .service(credits::faucet)
                 .service(credits::grant)
+                .service(bonuses::grant)
+                .service(bonuses::list)
+                .service(banners::list)
                 .service(topups::create_intent)
                 .service(topups::list_intents)
                 .service(topups::get_intent)
@@ -78,6 +84,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(auto_topups::list)
                 .service(auto_topups::set)
                 .service(auto_topups::remove)
+                .service(subscriptions::packages)
+                .service(subscriptions::list)
+                .service(subscriptions::create)
+                .service(subscriptions::cancel)
                 .service(catalog::list)
                 .service(catalog::admin_list)
                 .service(catalog::create)

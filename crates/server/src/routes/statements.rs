@@ -115,6 +115,10 @@ async fn summary(
         topups_micros: 0,
         grants_micros: 0,
         usage_micros: 0,
+        subscriptions_micros: 0,
+        bonuses_micros: 0,
+        revenue_micros: 0,
+        platform_fees_micros: 0,
         other_micros: 0,
         closing_balance_micros: opening,
     };
@@ -124,6 +128,10 @@ async fn summary(
             "topup" => s.topups_micros += amount,
             "grant" | "faucet" => s.grants_micros += amount,
             "usage" => s.usage_micros -= amount,
+            "subscription" => s.subscriptions_micros += amount,
+            "bonus" | "bonus_expired" => s.bonuses_micros += amount,
+            "revenue" => s.revenue_micros += amount,
+            "platform_fee" => s.platform_fees_micros -= amount,
             _ => s.other_micros += amount,
         }
         s.closing_balance_micros += amount;
@@ -155,12 +163,12 @@ fn download(body: String, filename: String) -> HttpResponse {
 }
 
 const SUMMARY_HEADER: &str = "month,environment,period_start,period_end,closed,\
-opening_balance_micros,topups_micros,grants_micros,usage_micros,other_micros,\
-closing_balance_micros\n";
+opening_balance_micros,topups_micros,grants_micros,usage_micros,subscriptions_micros,\
+bonuses_micros,revenue_micros,platform_fees_micros,other_micros,closing_balance_micros\n";
 
 fn summary_csv_row(s: &StatementSummary) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{}\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         s.month,
         s.environment,
         s.period_start,
@@ -170,6 +178,10 @@ fn summary_csv_row(s: &StatementSummary) -> String {
         s.topups_micros,
         s.grants_micros,
         s.usage_micros,
+        s.subscriptions_micros,
+        s.bonuses_micros,
+        s.revenue_micros,
+        s.platform_fees_micros,
         s.other_micros,
         s.closing_balance_micros
     )
@@ -300,6 +312,10 @@ pub async fn get(
             ("topups", s.topups_micros),
             ("grants", s.grants_micros),
             ("usage", s.usage_micros),
+            ("subscriptions", s.subscriptions_micros),
+            ("bonuses", s.bonuses_micros),
+            ("revenue", s.revenue_micros),
+            ("platform_fees", s.platform_fees_micros),
             ("other", s.other_micros),
             ("closing_balance", s.closing_balance_micros),
         ] {

@@ -27,6 +27,7 @@ use tally_common::{
 use tally_store::billing::{DepositRow, IntentRow};
 use tally_store::events::NewEvent;
 use tally_store::ledger::NewEntry;
+use tally_store::subscriptions::SubscriptionRow;
 use tally_store::StoreError;
 use utoipa::IntoParams;
 
@@ -82,11 +83,12 @@ fn to_intent(i: IntentRow) -> PaymentIntent {
         created_by: i.created_by,
         created_at: rfc3339(i.created_at),
         deposit: i.deposit.map(to_deposit),
+        subscription_id: i.subscription_id,
     }
 }
 
 /// Millionths of a unit as a decimal amount, e.g. `12.500000 USDC`.
-fn units(amount_units: i64, currency: Currency) -> String {
+pub(crate) fn units(amount_units: i64, currency: Currency) -> String {
     format!("{} {currency}", billing::credits(amount_units))
 }
 
@@ -136,6 +138,7 @@ pub async fn create_intent(
         created_by: member.email.clone(),
         created_at: tally_store::now_ms(),
         deposit: None,
+        subscription_id: None,
     };
     let mut tx = state.store.begin().await?;
     tally_store::billing::insert_intent(&mut tx, &intent).await?;
@@ -311,9 +314,9 @@ async fn commit_deposit(
     state: &AppState,
     intent: &IntentRow,
     n: &DepositNotification,
-    rate: i64,
-    credited: i64,
+    credit: &Credit,
 ) -> ApiResult<Outcome> {
+    let (rate, credited) = (credit.rate, credit.credited);
     let (ns, env) = (intent.namespace_id.as_str(), intent.environment);
     state.gateway.accounts.load(ns, env).await?;
     let mut tx = state.store.begin().await?;
@@ -327,18 +330,35 @@ async fn commit_deposit(
     if current.is_none_or(|i| i.status != IntentStatus::Pending) {
         return Ok(Outcome::AlreadyPaid);
     }
-    let memo = format!(
-        "{} for payment intent {} at {} credits per unit",
-        units(n.amount_units, n.currency),
-        intent.id,
-        billing::credits(rate)
-    );
+    let memo = match &credit.subscription {
+        Some(sub) => format!(
+            "{} for payment intent {}: one month of the {} package",
+            units(n.amount_units, n.currency),
+            intent.id,
+            sub.package
+        ),
+        None => format!(
+            "{} for payment intent {} at {} credits per unit",
+            units(n.amount_units, n.currency),
+            intent.id,
+            billing::credits(rate)
+        ),
+    };
+    if let Some(sub) = &credit.subscription {
+        let now = tally_store::now_ms();
+        let start = sub.period_end.unwrap_or(now).max(now);
+        tally_store::subscriptions::paid(&mut tx, &sub.id, one_month_after(start)).await?;
+    }
     let entry = tally_store::ledger::append(
         &mut tx,
         NewEntry {
             namespace_id: ns,
             environment: env,
-            kind: "topup",
+            kind: if credit.subscription.is_some() {
+                "subscription"
+            } else {
+                "topup"
+            },
             amount_micros: credited,
             actor: "deposit",
             reference: Some(&n.external_tx_id),
@@ -371,7 +391,12 @@ async fn commit_deposit(
             kind: "credits.added",
             severity: Severity::Info,
             message: &format!(
-                "Top-up of {} credits: {} (transaction {})",
+                "{} of {} credits: {} (transaction {})",
+                if credit.subscription.is_some() {
+                    "Subscription credits"
+                } else {
+                    "Top-up"
+                },
                 billing::credits(credited),
                 memo,
                 n.external_tx_id
@@ -505,17 +530,8 @@ pub async fn deposit(
         if intent.status != IntentStatus::Pending {
             return Err(already_paid(&state, &intent, &n).await);
         }
-        let rate = billing::rate(cfg, n.currency).await?;
-        let credited = billing::convert(n.amount_units, rate)
-            .filter(|c| (1..=MAX_CREDIT).contains(c))
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "{} at {} credits per unit is less than one micro-credit or more than a billion credits",
-                    units(n.amount_units, n.currency),
-                    billing::credits(rate)
-                ))
-            })?;
-        match commit_deposit(&state, &intent, &n, rate, credited).await? {
+        let credit = credit_for(&state, &intent, &n).await?;
+        match commit_deposit(&state, &intent, &n, &credit).await? {
             Outcome::Credited(d) => {
                 if let Err(e) =
                     billing::check_balance_rules(&state.store, &d.namespace_id, d.environment).await
@@ -546,6 +562,76 @@ pub async fn deposit(
             n.external_tx_id
         ))),
     }
+}
+
+/// What a deposit credits.
+struct Credit {
+    /// Micro-credits per unit: the conversion rate, or for a subscription
+    /// period what its price works out at.
+    rate: i64,
+    credited: i64,
+    /// The subscription whose period it pays.
+    subscription: Option<SubscriptionRow>,
+}
+
+/// A deposit for a subscription that is still pending or active credits the
+/// package (the price must be paid in full); any other deposit, including
+/// one for a subscription cancelled meanwhile, converts at the current rate.
+async fn credit_for(
+    state: &AppState,
+    intent: &IntentRow,
+    n: &DepositNotification,
+) -> ApiResult<Credit> {
+    let subscription = match &intent.subscription_id {
+        Some(id) => {
+            let mut conn = state.store.conn().await?;
+            tally_store::subscriptions::get(&mut conn, id)
+                .await?
+                .filter(|s| s.status == "pending" || s.status == "active")
+        }
+        None => None,
+    };
+    if let Some(sub) = subscription {
+        if n.amount_units < intent.amount_units {
+            let message = format!(
+                "payment intent {} pays a subscription period of {}; the deposit of {} is short",
+                intent.id,
+                units(intent.amount_units, intent.currency),
+                units(n.amount_units, n.currency)
+            );
+            record_refusal(state, Some(intent), &format!("Deposit refused: {message}")).await;
+            return Err(ApiError::invalid(message));
+        }
+        let rate = billing::rate_of(n.amount_units, sub.credits_micros);
+        return Ok(Credit {
+            rate,
+            credited: sub.credits_micros,
+            subscription: Some(sub),
+        });
+    }
+    let rate = billing::rate(&state.settings.billing, n.currency).await?;
+    let credited = billing::convert(n.amount_units, rate)
+        .filter(|c| (1..=MAX_CREDIT).contains(c))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{} at {} credits per unit is less than one micro-credit or more than a billion credits",
+                units(n.amount_units, n.currency),
+                billing::credits(rate)
+            ))
+        })?;
+    Ok(Credit {
+        rate,
+        credited,
+        subscription: None,
+    })
+}
+
+/// The same time of day one calendar month later (the month's last day when
+/// it is shorter).
+pub(crate) fn one_month_after(ms: i64) -> i64 {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .and_then(|t| t.checked_add_months(chrono::Months::new(1)))
+        .map_or(ms + 30 * 24 * 3600 * 1000, |t| t.timestamp_millis())
 }
 
 async fn already_paid(state: &AppState, intent: &IntentRow, n: &DepositNotification) -> ApiError {

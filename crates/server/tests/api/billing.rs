@@ -31,9 +31,12 @@ backend_tests!(
     an_auto_top_up_rule_creates_one_intent_per_crossing,
 );
 
-const SECRET: &str = "whsec-test-0123456789abcdef";
+pub(crate) const SECRET: &str = "whsec-test-0123456789abcdef";
 
-async fn billing_app(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn billing_app(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let db = TestDatabase::new(backend).await;
     let mut settings = test_settings(&db);
     settings.billing.deposit_secret = Some(SECRET.to_owned().into());
@@ -47,16 +50,21 @@ async fn billing_app(backend: Backend, configure: impl FnOnce(&mut Settings)) ->
     }
 }
 
-fn ns(user: &User, rest: &str) -> String {
+pub(crate) fn ns(user: &User, rest: &str) -> String {
     format!("/api/v1/namespaces/{}{rest}", user.namespace_id)
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     tally_store::now_ms() / 1000
 }
 
 /// Posts a deposit notification signed with `secret` at `ts`.
-async fn notify_signed(app: &TestApp, secret: &str, ts: i64, body: &Value) -> reqwest::Response {
+pub(crate) async fn notify_signed(
+    app: &TestApp,
+    secret: &str,
+    ts: i64,
+    body: &Value,
+) -> reqwest::Response {
     let raw = serde_json::to_vec(body).unwrap();
     let sig = tally_server::billing::sign(secret.as_bytes(), ts, &raw);
     app.client
@@ -70,11 +78,11 @@ async fn notify_signed(app: &TestApp, secret: &str, ts: i64, body: &Value) -> re
         .unwrap()
 }
 
-async fn notify(app: &TestApp, body: &Value) -> reqwest::Response {
+pub(crate) async fn notify(app: &TestApp, body: &Value) -> reqwest::Response {
     notify_signed(app, SECRET, now_secs(), body).await
 }
 
-async fn create_intent(
+pub(crate) async fn create_intent(
     app: &TestApp,
     user: &User,
     env: &str,
@@ -93,7 +101,7 @@ async fn create_intent(
     .await
 }
 
-async fn get_intent(app: &TestApp, user: &User, id: &str) -> PaymentIntent {
+pub(crate) async fn get_intent(app: &TestApp, user: &User, id: &str) -> PaymentIntent {
     json(
         app.get(
             &ns(user, &format!("/credits/intents/{id}")),
@@ -105,7 +113,7 @@ async fn get_intent(app: &TestApp, user: &User, id: &str) -> PaymentIntent {
     .await
 }
 
-async fn balance(app: &TestApp, user: &User, env: Environment) -> i64 {
+pub(crate) async fn balance(app: &TestApp, user: &User, env: Environment) -> i64 {
     let b: Balances = json(
         app.get(&ns(user, "/credits"), Some(&user.token)).await,
         StatusCode::OK,
@@ -119,7 +127,7 @@ async fn balance(app: &TestApp, user: &User, env: Environment) -> i64 {
 }
 
 /// C1: the stored balance equals the sum of the ledger and what the API shows.
-async fn assert_ledger_consistent(app: &TestApp, user: &User) {
+pub(crate) async fn assert_ledger_consistent(app: &TestApp, user: &User) {
     for env in Environment::ALL {
         let mut conn = app.store.conn().await.unwrap();
         let sum = tally_store::ledger::sum(&mut conn, &user.namespace_id, env)
@@ -133,7 +141,11 @@ async fn assert_ledger_consistent(app: &TestApp, user: &User) {
     }
 }
 
-async fn events_of_kind(app: &TestApp, user: &User, kind: &str) -> Vec<tally_common::Event> {
+pub(crate) async fn events_of_kind(
+    app: &TestApp,
+    user: &User,
+    kind: &str,
+) -> Vec<tally_common::Event> {
     let page: EventPage = json(
         app.get(&ns(user, "/events?limit=200"), Some(&user.token))
             .await,
@@ -143,7 +155,7 @@ async fn events_of_kind(app: &TestApp, user: &User, kind: &str) -> Vec<tally_com
     page.items.into_iter().filter(|e| e.kind == kind).collect()
 }
 
-async fn ledger(app: &TestApp, user: &User, env: &str) -> LedgerPage {
+pub(crate) async fn ledger(app: &TestApp, user: &User, env: &str) -> LedgerPage {
     json(
         app.get(
             &ns(
@@ -158,7 +170,7 @@ async fn ledger(app: &TestApp, user: &User, env: &str) -> LedgerPage {
     .await
 }
 
-fn deposit_body(tx: &str, intent: &PaymentIntent, amount: i64) -> Value {
+pub(crate) fn deposit_body(tx: &str, intent: &PaymentIntent, amount: i64) -> Value {
     json!({
         "external_tx_id": tx,
         "intent_id": intent.id,
@@ -678,6 +690,10 @@ async fn statements_add_up_to_the_ledger_for_closed_and_running_months(backend: 
     for s in &list.items {
         assert_eq!(
             s.opening_balance_micros + s.topups_micros + s.grants_micros - s.usage_micros
+                + s.subscriptions_micros
+                + s.bonuses_micros
+                + s.revenue_micros
+                - s.platform_fees_micros
                 + s.other_micros,
             s.closing_balance_micros,
             "{}: opening + movements = closing",
@@ -796,7 +812,7 @@ async fn statements_add_up_to_the_ledger_for_closed_and_running_months(backend: 
     assert!(lines[0].starts_with("month,environment,"));
     assert!(lines[2].starts_with(&format!("{last_month},test,")));
     assert!(
-        lines[2].ends_with(",true,0,0,10000000,0,0,10000000"),
+        lines[2].ends_with(",true,0,0,10000000,0,0,0,0,0,0,10000000"),
         "{csv}"
     );
 

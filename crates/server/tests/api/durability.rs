@@ -147,9 +147,10 @@ async fn answered_calls_survive_a_kill_right_after_the_response(backend: Backend
     for (id, _) in &answered {
         assert!(recorded.contains(id), "answered call {id} is in usage");
     }
-    let ledger = tally_store::ledger::list(&mut conn, &ns, Environment::Test, None, 1000)
-        .await
-        .unwrap();
+    let ledger =
+        tally_store::ledger::list(&mut conn, &ns, Environment::Test, Default::default(), 1000)
+            .await
+            .unwrap();
     let charged: HashSet<&str> = ledger
         .iter()
         .filter_map(|e| e.reference.as_deref())

@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod billing;
+mod bonuses;
 mod durability;
 mod events;
 mod gateway;
@@ -13,4 +14,6 @@ mod keys;
 mod members;
 mod namespaces;
 mod openapi;
+mod sellers;
+mod subscriptions;
 mod system;

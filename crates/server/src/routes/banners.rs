@@ -1,0 +1,79 @@
+//! The dashboard's banners (D5): what needs the namespace's attention now.
+//!
+//! Policy: computed on every read from the live state, never stored, so a
+//! banner goes away as soon as its cause does: serving paused (the namespace
+//! sells an API and its live balance is below the critical level, C8), low
+//! balance (below the namespace's alert threshold, C5). Backup overdue joins
+//! them with backups (O1).
+
+use actix_web::{get, web};
+use serde::Deserialize;
+use tally_common::{Banner, BannerList, Environment, ErrorBody, Severity};
+use utoipa::IntoParams;
+
+use crate::auth::{CurrentMember, Permission};
+use crate::billing::credits;
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BannerQuery {
+    /// The environment the dashboard shows (default `test`); a paused seller's
+    /// banner shows in both.
+    pub environment: Option<Environment>,
+}
+
+/// The banners to show above the dashboard, most urgent first.
+#[utoipa::path(
+    tag = "credits",
+    security(("bearer" = [])),
+    params(("namespace_id" = String, Path), BannerQuery),
+    responses(
+        (status = 200, body = BannerList),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+#[get("/namespaces/{namespace_id}/banners")]
+pub async fn list(
+    state: web::Data<AppState>,
+    member: CurrentMember,
+    query: web::Query<BannerQuery>,
+) -> ApiResult<web::Json<BannerList>> {
+    member.require(Permission::Read)?;
+    let ns = member.namespace_id();
+    let env = query.environment.unwrap_or(Environment::Test);
+    let mut items = Vec::new();
+    let gateway = &state.gateway;
+    if gateway.sellers().iter().any(|s| s == ns) && gateway.seller_paused(ns).await? {
+        items.push(Banner {
+            kind: "serving_paused".into(),
+            severity: Severity::Error,
+            message: format!(
+                "API serving paused — low balance. Live calls to your APIs get 503 until the live balance is back at {} credits; test mode keeps working.",
+                credits(gateway.settings().seller_critical_balance_micros)
+            ),
+            link: "/finance".into(),
+        });
+    }
+    let mut conn = state.store.conn().await?;
+    let alerts = tally_store::alerts::list(&mut conn, ns).await?;
+    drop(conn);
+    if let Some(a) = alerts.iter().find(|a| a.environment == env) {
+        let (balance, _) = gateway.accounts.snapshot(ns, env).await?;
+        if balance < a.threshold_micros {
+            items.push(Banner {
+                kind: "low_balance".into(),
+                severity: Severity::Warning,
+                message: format!(
+                    "Low balance: the {env} balance is {} credits, below the alert threshold of {} credits.",
+                    credits(balance),
+                    credits(a.threshold_micros)
+                ),
+                link: "/finance".into(),
+            });
+        }
+    }
+    Ok(web::Json(BannerList { items }))
+}
