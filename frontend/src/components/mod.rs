@@ -1,3 +1,4 @@
+pub mod charts;
 pub mod layout;
 
 use leptos::prelude::*;
