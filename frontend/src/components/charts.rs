@@ -91,8 +91,8 @@ fn y_axis(width: f64, max: f64, step: f64, format: Format) -> impl IntoView {
             let y = TOP + plot_h - plot_h * v / max;
             view! {
                 <g class="tick">
-                    <line x1=LEFT x2=width - RIGHT y1=y y2=y class="grid" />
-                    <text x=LEFT - 6.0 y=y + 4.0 text-anchor="end">{format(v)}</text>
+                    <line x1=LEFT x2={width - RIGHT} y1=y y2=y class="grid" />
+                    <text x={LEFT - 6.0} y={y + 4.0} text-anchor="end">{format(v)}</text>
                 </g>
             }
         })
@@ -162,7 +162,7 @@ pub fn StackedBars(
             let tip = bar.tooltip.clone();
             let label = (!bar.label.is_empty()).then(|| {
                 view! {
-                    <text x=x + bar_w / 2.0 y=HEIGHT - 10.0 text-anchor="middle" class="x-label">
+                    <text x={x + bar_w / 2.0} y={HEIGHT - 10.0} text-anchor="middle" class="x-label">
                         {bar.label.clone()}
                     </text>
                 }
@@ -177,7 +177,7 @@ pub fn StackedBars(
                 >
                     <title>{bar.tooltip.clone()}</title>
                     // A full-height hit area so thin bars are easy to hover.
-                    <rect x=LEFT + slot * i as f64 y=TOP width=slot height=plot_h class="hit" />
+                    <rect x={LEFT + slot * i as f64} y=TOP width=slot height=plot_h class="hit" />
                     {segments}
                 </g>
                 {label}
@@ -189,7 +189,7 @@ pub fn StackedBars(
             <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
                 <title>{label}</title>
                 {y_axis(width, max, step, format)}
-                <line x1=LEFT x2=width - RIGHT y1=TOP + plot_h y2=TOP + plot_h class="axis" />
+                <line x1=LEFT x2={width - RIGHT} y1={TOP + plot_h} y2={TOP + plot_h} class="axis" />
                 {drawn}
             </svg>
             <figcaption>
@@ -274,7 +274,7 @@ pub fn LineChart(
             let hover_tip = tip.clone();
             let label = (!p.label.is_empty()).then(|| {
                 view! {
-                    <text x=x_of(i) y=HEIGHT - 10.0 text-anchor="middle" class="x-label">{p.label.clone()}</text>
+                    <text x=x_of(i) y={HEIGHT - 10.0} text-anchor="middle" class="x-label">{p.label.clone()}</text>
                 }
             });
             view! {
@@ -285,7 +285,7 @@ pub fn LineChart(
                     on:mouseleave=move |_| hover.set(None)
                 >
                     <title>{tip}</title>
-                    <rect x=LEFT + slot * i as f64 y=TOP width=slot height=plot_h class="hit" />
+                    <rect x={LEFT + slot * i as f64} y=TOP width=slot height=plot_h class="hit" />
                 </g>
                 {label}
             }
@@ -296,7 +296,7 @@ pub fn LineChart(
             <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
                 <title>{label}</title>
                 {y_axis(width, max, step, format)}
-                <line x1=LEFT x2=width - RIGHT y1=TOP + plot_h y2=TOP + plot_h class="axis" />
+                <line x1=LEFT x2={width - RIGHT} y1={TOP + plot_h} y2={TOP + plot_h} class="axis" />
                 {lines}
                 {slots}
             </svg>
