@@ -469,7 +469,9 @@ pub async fn events_page(
         let a = sql.int(lo);
         let b = sql.int(hi);
         if s == StatusClass::ServerError {
-            sql.push(&format!(" AND (status >= {a} OR status < 200) AND status < {b}"));
+            sql.push(&format!(
+                " AND (status >= {a} OR status < 200) AND status < {b}"
+            ));
         } else {
             sql.push(&format!(" AND status >= {a} AND status < {b}"));
         }
