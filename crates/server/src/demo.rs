@@ -101,7 +101,10 @@ impl Client {
             .send(method.clone(), path, Some(&self.token), body.as_ref(), None)
             .await?;
         if !status.is_success() {
-            bail!("{method} {path} answered {status}: {}", error_message(&bytes));
+            bail!(
+                "{method} {path} answered {status}: {}",
+                error_message(&bytes)
+            );
         }
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {path}"))
     }
@@ -131,7 +134,13 @@ async fn sign_in(http: &reqwest::Client, opts: &DemoOptions) -> anyhow::Result<(
         let signup = json!({ "email": opts.email, "password": opts.password,
                              "display_name": "Demo" });
         let (status, body) = client
-            .send(Method::POST, "/api/v1/auth/signup", None, Some(&signup), None)
+            .send(
+                Method::POST,
+                "/api/v1/auth/signup",
+                None,
+                Some(&signup),
+                None,
+            )
             .await?;
         if !status.is_success() {
             bail!(
@@ -179,7 +188,8 @@ async fn pick_namespace(
 /// The demo APIs: a chat model family, an embedding model and a plain HTTP
 /// API, each with a price so costs show up.
 fn demo_apis(base: &str, upstream_secret: &str) -> Vec<Value> {
-    let upstream = |path: &str| json!([{ "url": format!("{base}{path}"), "api_key": upstream_secret }]);
+    let upstream =
+        |path: &str| json!([{ "url": format!("{base}{path}"), "api_key": upstream_secret }]);
     vec![
         json!({
             "slug": "demo-chat", "name": "Demo chat models",
@@ -238,8 +248,10 @@ async fn ensure_demo_apis(client: &Client, me: &Me, log: &mut Vec<String>) -> an
         .rest(
             Method::POST,
             &format!("/api/v1/admin/namespaces/{ns_id}/grants"),
-            Some(json!({ "environment": "test", "amount_micros": 1_000_000_000i64,
-                         "memo": "tally demo: upstream of the demo APIs" })),
+            Some(
+                json!({ "environment": "test", "amount_micros": 1_000_000_000i64,
+                         "memo": "tally demo: upstream of the demo APIs" }),
+            ),
         )
         .await?;
     let key: CreatedKey = client
@@ -260,9 +272,16 @@ async fn ensure_demo_apis(client: &Client, me: &Me, log: &mut Vec<String>) -> an
             )
             .await?;
         if status.is_success() || status == StatusCode::CONFLICT {
-            log.push(format!("catalog: {} ready", api["slug"].as_str().unwrap_or("")));
+            log.push(format!(
+                "catalog: {} ready",
+                api["slug"].as_str().unwrap_or("")
+            ));
         } else {
-            bail!("cannot add {} to the catalog: {}", api["slug"], error_message(&body));
+            bail!(
+                "cannot add {} to the catalog: {}",
+                api["slug"],
+                error_message(&body)
+            );
         }
     }
     Ok(())
@@ -358,7 +377,13 @@ const PROMPTS: [&str; 8] = [
     "Classify this ticket: 'my invoice shows the wrong amount'.",
     "Draft a polite reminder about an overdue payment.",
 ];
-const CLIENTS: [&str; 5] = ["web-frontend", "ios-app", "android-app", "nightly-batch", "cli"];
+const CLIENTS: [&str; 5] = [
+    "web-frontend",
+    "ios-app",
+    "android-app",
+    "nightly-batch",
+    "cli",
+];
 const CITIES: [&str; 5] = ["berlin", "lagos", "lima", "osaka", "toronto"];
 
 /// One planned gateway call.
@@ -522,8 +547,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .rest(
                 Method::POST,
                 &format!("/api/v1/admin/namespaces/{ns_id}/grants"),
-                Some(json!({ "environment": "live", "amount_micros": 25_000_000i64,
-                             "memo": "tally demo" })),
+                Some(
+                    json!({ "environment": "live", "amount_micros": 25_000_000i64,
+                             "memo": "tally demo" }),
+                ),
             )
             .await?;
         log.push("live credits: granted 25 credits".to_owned());
@@ -601,7 +628,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         scope: t.scope.clone(),
     };
 
-    let mut rng = opts.seed.map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
+    let mut rng = opts
+        .seed
+        .map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
     let test_keys: Vec<_> = keys
         .iter()
         .filter(|k| k.environment == Environment::Test)
@@ -615,7 +644,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mut planned = Vec::new();
     for _ in 0..opts.calls {
         // About a third of the calls are live when live keys exist.
-        let live = !live_keys.is_empty() && !live_targets.chat_models.is_empty() && rng.gen_bool(0.35);
+        let live =
+            !live_keys.is_empty() && !live_targets.chat_models.is_empty() && rng.gen_bool(0.35);
         let p = if live {
             plan(&mut rng, &live_keys, &live_targets)
         } else {
@@ -738,15 +768,23 @@ mod tests {
             role,
         });
         let mut rng = StdRng::seed_from_u64(7);
-        let plans: Vec<_> = (0..500)
-            .filter_map(|_| plan(&mut rng, &keys, &t))
-            .collect();
+        let plans: Vec<_> = (0..500).filter_map(|_| plan(&mut rng, &keys, &t)).collect();
         assert_eq!(plans.len(), 500);
-        for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/apis/"] {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/apis/",
+        ] {
             assert!(plans.iter().any(|p| p.path.starts_with(path)), "{path}");
         }
         assert!(plans.iter().any(|p| p.burst));
-        assert!(plans.iter().any(|p| p.body.as_ref().is_some_and(|b| b["stream"] == true)));
-        assert!(plans.iter().any(|p| p.secret == "2"), "the scoped key is used");
+        assert!(plans
+            .iter()
+            .any(|p| p.body.as_ref().is_some_and(|b| b["stream"] == true)));
+        assert!(
+            plans.iter().any(|p| p.secret == "2"),
+            "the scoped key is used"
+        );
     }
 }

@@ -530,12 +530,7 @@ fn monitoring_path(ns: &str, what: &str, query: &MonitoringQuery, extra: &str) -
 
 /// Volume, errors, cost and latency percentiles over the query's window (M1).
 pub async fn monitoring_series(ns: &str, query: &MonitoringQuery) -> ApiResult<Series> {
-    authed(
-        Method::Get,
-        &monitoring_path(ns, "series", query, ""),
-        None,
-    )
-    .await
+    authed(Method::Get, &monitoring_path(ns, "series", query, ""), None).await
 }
 
 /// The window's calls grouped by one dimension (M3).

@@ -184,8 +184,9 @@ pub fn StackedBars(
             }
         })
         .collect_view();
+    let aria = label.clone();
     view! {
-        <figure class="chart" aria-label=label.clone()>
+        <figure class="chart" aria-label=aria>
             <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
                 <title>{label}</title>
                 {y_axis(width, max, step, format)}
@@ -291,8 +292,9 @@ pub fn LineChart(
             }
         })
         .collect_view();
+    let aria = label.clone();
     view! {
-        <figure class="chart" aria-label=label.clone()>
+        <figure class="chart" aria-label=aria>
             <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
                 <title>{label}</title>
                 {y_axis(width, max, step, format)}

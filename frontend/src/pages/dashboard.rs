@@ -10,7 +10,9 @@
 
 use leptos::prelude::*;
 use leptos_router::components::A;
-use tally_common::{ApiUsageRow, DashboardRole, DashboardSummary, Environment, HourlyBar, Severity};
+use tally_common::{
+    ApiUsageRow, DashboardRole, DashboardSummary, Environment, HourlyBar, Severity,
+};
 
 use crate::api;
 use crate::components::charts::{count_label, Bar, ChartSeries, StackedBars};
@@ -86,7 +88,7 @@ fn Kpis(summary: Summary) -> impl IntoView {
         <section class="panel" data-testid="kpis">
             <Loaded resource=summary loading="Loading figures…" show=move |s: DashboardSummary| {
                 let c = s.consumer;
-                let rate_class = if c.errors_24h > 0 { "err" } else { "ok" };
+                let rate_class = if c.success_rate_24h < 0.95 { "err" } else { "ok" };
                 let seller = s.seller.map(|k| {
                     view! {
                         <h2>"As a seller"</h2>

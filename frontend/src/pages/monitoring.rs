@@ -236,7 +236,11 @@ fn x_label(s: &Series, i: usize, p: &SeriesPoint) -> String {
     match s.bucket {
         Bucket::Day => t.get(5..10).unwrap_or(t).to_owned(),
         Bucket::Hour if s.points.len() > 24 => {
-            format!("{} {}", t.get(5..10).unwrap_or(t), t.get(11..16).unwrap_or(""))
+            format!(
+                "{} {}",
+                t.get(5..10).unwrap_or(t),
+                t.get(11..16).unwrap_or("")
+            )
         }
         _ => t.get(11..16).unwrap_or(t).to_owned(),
     }
