@@ -298,19 +298,24 @@ fn record(ns: &str, i: usize, time: i64, latency_us: i64) -> CallRecord {
         time,
         namespace_id: ns.to_owned(),
         environment: Environment::Test,
-        key_id: if i % 2 == 0 { "key_a" } else { "key_b" }.to_owned(),
+        key_id: if i.is_multiple_of(2) {
+            "key_a"
+        } else {
+            "key_b"
+        }
+        .to_owned(),
         api: "sandbox".into(),
         model: Some("tally-sandbox".into()),
         endpoint: "/v1/chat/completions".into(),
         request_type: "sync",
-        status: if i % 10 == 0 { 502 } else { 200 },
-        error: (i % 10 == 0).then(|| "upstream_error".to_owned()),
+        status: if i.is_multiple_of(10) { 502 } else { 200 },
+        error: i.is_multiple_of(10).then(|| "upstream_error".to_owned()),
         latency_us,
         upstream_latency_us: latency_us / 2,
         tokens_in: (i % 7) as i64,
         tokens_out: (i % 5) as i64,
         cost_micros: 0,
-        client_id: (i % 3 == 0).then(|| format!("client,\"{}\"", i % 4)),
+        client_id: i.is_multiple_of(3).then(|| format!("client,\"{}\"", i % 4)),
     }
 }
 
