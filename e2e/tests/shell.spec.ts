@@ -88,7 +88,6 @@ test('the test/live toggle switches the environment in place', async ({ page }) 
 test('areas not built yet say so plainly', async ({ page }) => {
   await signUp(page, uniqueEmail('areas'));
   for (const [link, title] of [
-    ['Monitoring', 'Monitoring'],
     ['APIs', 'APIs'],
     ['Subclouds', 'Subclouds'],
     ['Webhooks', 'Webhooks'],

@@ -11,8 +11,8 @@ use leptos_router::path;
 
 use crate::components::layout::Layout;
 use crate::pages::{
-    auth, catalog, credits, dashboard, finance, keys, placeholder::Placeholder, playground,
-    settings,
+    auth, catalog, credits, dashboard, finance, keys, monitoring, placeholder::Placeholder,
+    playground, settings,
 };
 
 #[component]
@@ -30,9 +30,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("playground") view=playground::Playground />
                     <Route path=path!("credits") view=credits::Credits />
                     <Route path=path!("catalog") view=catalog::Catalog />
-                    <Route path=path!("monitoring") view=|| view! {
-                        <Placeholder title="Monitoring" text="Request volume, error rate, latency percentiles and cost over time, with filters, breakdowns, a request log and exports." />
-                    } />
+                    <Route path=path!("monitoring") view=monitoring::Monitoring />
                     <Route path=path!("finance") view=finance::Finance />
                     <Route path=path!("apis") view=|| view! {
                         <Placeholder title="APIs" text="Register your own APIs, price them and earn credits when others call them." />

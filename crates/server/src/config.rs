@@ -33,6 +33,7 @@ pub struct Settings {
     pub catalog: Vec<tally_common::CatalogApiConfig>,
     pub gateway: GatewaySettings,
     pub billing: BillingSettings,
+    pub monitoring: MonitoringSettings,
 }
 
 impl Default for Settings {
@@ -49,6 +50,7 @@ impl Default for Settings {
             catalog: Vec::new(),
             gateway: GatewaySettings::default(),
             billing: BillingSettings::default(),
+            monitoring: MonitoringSettings::default(),
         }
     }
 }
@@ -220,6 +222,33 @@ impl Default for BillingSettings {
             price_timeout_ms: 5000,
             alert_check_interval_ms: 1000,
             packages: default_packages(),
+        }
+    }
+}
+
+/// Retention of raw usage events and of the monitoring rollups (M6). 0 keeps
+/// them forever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MonitoringSettings {
+    /// Raw events (request log, export, statements' per-API lines). Forever
+    /// by default: monthly statements break usage down through them.
+    pub raw_retention_days: u32,
+    /// Per-minute rollups (series up to six hours, per-minute charts).
+    pub minute_retention_days: u32,
+    /// Per-hour rollups (longer series, breakdowns, the dashboard's all-time table).
+    pub hour_retention_days: u32,
+    /// How often the pruning task runs.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for MonitoringSettings {
+    fn default() -> Self {
+        MonitoringSettings {
+            raw_retention_days: 0,
+            minute_retention_days: 14,
+            hour_retention_days: 0,
+            prune_interval_secs: 3_600,
         }
     }
 }

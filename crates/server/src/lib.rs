@@ -10,6 +10,7 @@ pub mod billing;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod monitoring;
 pub mod openapi;
 pub mod routes;
 pub mod state;
@@ -113,6 +114,7 @@ impl Application {
                 .await
                 .context("cannot load the catalog")?;
         gateway.start_background();
+        monitoring::start_pruner(store.clone(), settings.monitoring.clone());
         let check_every =
             std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
         billing::start_alert_checker(store.clone(), check_every);

@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use tally_server::config::{Overrides, Settings};
 use tally_server::{openapi, telemetry, Application};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "tally",
@@ -29,6 +31,40 @@ enum Command {
     Migrate(DbArgs),
     /// Print the OpenAPI document as JSON.
     Openapi,
+    /// Fill a namespace with realistic traffic through a running server's gateway (O4).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Base URL of the running server.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "TALLY_DEMO_URL")]
+    url: String,
+    /// Account to use; signed up when it does not exist. On a new server the
+    /// first account is an operator, which lets the demo add demo APIs and
+    /// grant live credits.
+    #[arg(long, default_value = "demo@example.com", env = "TALLY_DEMO_EMAIL")]
+    email: String,
+    #[arg(long, default_value = "demo-password", env = "TALLY_DEMO_PASSWORD")]
+    password: String,
+    /// Namespace id or name (a new name is created); default the account's first.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Number of gateway calls.
+    #[arg(long, default_value_t = 300)]
+    calls: u32,
+    /// Spread the calls over this many seconds (default: as fast as possible).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Do not add the demo APIs to the catalog.
+    #[arg(long)]
+    no_catalog: bool,
+    /// Seed for a repeatable traffic mix.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -62,6 +98,24 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot render the OpenAPI document")?;
             println!("{json}");
             Ok(())
+        }
+        Command::Demo(args) => {
+            let opts = demo::DemoOptions {
+                url: args.url,
+                email: args.email,
+                password: args.password,
+                namespace: args.namespace,
+                calls: args.calls,
+                duration: args.duration.map(std::time::Duration::from_secs),
+                concurrency: args.concurrency,
+                no_catalog: args.no_catalog,
+                seed: args.seed,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?
+                .block_on(demo::run(opts))
         }
         Command::Serve(args) => {
             let overrides = Overrides {

@@ -123,6 +123,7 @@ impl SqliteRecorder {
                 c.client_id,
             ])?;
         }
+        crate::rollups::record_sqlite(&self.conn, calls)?;
         let now = now_ms();
         let mut lines = ledger_lines(calls);
         let mut balance = self.conn.prepare_cached(ADD_TO_BALANCE)?;

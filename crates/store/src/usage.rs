@@ -100,6 +100,7 @@ pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord]) -> Res
         }
         q.execute(&mut *conn).await?;
     }
+    crate::rollups::record(conn, calls).await?;
 
     // One balance update per account, then each entry's balance-after is
     // counted back from the new balance in call order.
@@ -221,7 +222,7 @@ pub(crate) fn settle(lines: &mut [Line<'_>], after: &[(&str, Environment, i64)])
     }
 }
 
-fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
+pub(crate) fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
     let env: String = r.try_get("environment")?;
     let request_type: String = r.try_get("request_type")?;
     Ok(CallRecord {

@@ -27,7 +27,8 @@ use serde_json::{json, Value};
 use crate::http1;
 use crate::mock::{MockUpstream, HEALTH_PATH, MODEL};
 use crate::{
-    build_tally, cargo_install, describe, free_port, note, second_word, show, step, Ctx, Flags,
+    build_tally, cargo_install, describe, exec, free_port, note, second_word, show, step, Ctx,
+    Flags,
 };
 
 const API_SLUG: &str = "bench";
@@ -60,6 +61,26 @@ const QUICK: Plan = Plan {
     throughput_secs: 2,
     concurrency: 32,
 };
+
+/// `cargo xtask bench-monitoring`: the dashboard and monitoring queries over a
+/// database loaded with millions of usage events (M6). The work is done by the
+/// server crate's `bench_monitoring` example, which links the store's batch
+/// writers and the HTTP server; this only builds and runs it in release mode.
+pub fn bench_monitoring(cx: &Ctx, args: &[String]) -> Result<()> {
+    step("build and run the monitoring benchmark (release)");
+    let mut cmd = cx.cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "tally-server",
+        "--example",
+        "bench_monitoring",
+        "--",
+    ])
+    .args(args);
+    exec(&mut cmd)
+}
 
 pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["--quick"])?;

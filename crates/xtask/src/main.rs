@@ -48,6 +48,11 @@ Commands:
   bench-gateway [--quick]
                        latency and throughput the gateway adds over a mock
                        upstream (installs oha; release build; prints a table)
+  bench-monitoring [--events N] [--postgres URL] [--no-sqlite]
+                       loads N usage events (default 10,000,000) into a fresh
+                       database and prints dashboard and monitoring query
+                       latency p50/p95 (release build; SQLite, and PostgreSQL
+                       when a server URL is given)
   help                 this text
 ";
 
@@ -94,6 +99,7 @@ fn try_main() -> Result<ExitCode> {
             openapi(&cx).map(|()| ExitCode::SUCCESS)
         }
         "bench-gateway" => bench::bench_gateway(&cx, &rest).map(|()| ExitCode::SUCCESS),
+        "bench-monitoring" => bench::bench_monitoring(&cx, &rest).map(|()| ExitCode::SUCCESS),
         "dev" => {
             dev();
             Ok(ExitCode::SUCCESS)

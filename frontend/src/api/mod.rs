@@ -573,4 +573,85 @@ pub async fn bonuses(ns: &str, env: Environment) -> ApiResult<BonusList> {
 pub async fn banners(ns: &str, env: Environment) -> ApiResult<BannerList> {
     let path = format!("/api/v1/namespaces/{ns}/banners?environment={env}");
     authed(Method::Get, &path, None).await
+// --- Monitoring and the dashboard summary (M1–M5, D1–D3) ----------------------
+
+/// The dashboard's first screen: KPIs by role, 48 hourly bars, the all-time
+/// API table and the uptime, from the server's rollups.
+pub async fn dashboard(ns: &str, env: Environment) -> ApiResult<DashboardSummary> {
+    let path = format!("/api/v1/namespaces/{ns}/dashboard?environment={env}");
+    authed(Method::Get, &path, None).await
+}
+
+fn monitoring_path(ns: &str, what: &str, query: &MonitoringQuery, extra: &str) -> String {
+    let mut path = format!(
+        "/api/v1/namespaces/{ns}/monitoring/{what}?{}",
+        query.to_query_string()
+    );
+    if !extra.is_empty() {
+        path.push('&');
+        path.push_str(extra);
+    }
+    path
+}
+
+/// Volume, errors, cost and latency percentiles over the query's window (M1).
+pub async fn monitoring_series(ns: &str, query: &MonitoringQuery) -> ApiResult<Series> {
+    authed(Method::Get, &monitoring_path(ns, "series", query, ""), None).await
+}
+
+/// The window's calls grouped by one dimension (M3).
+pub async fn monitoring_breakdown(
+    ns: &str,
+    query: &MonitoringQuery,
+    by: BreakdownBy,
+) -> ApiResult<Breakdown> {
+    let extra = format!("by={}", by.as_str());
+    authed(
+        Method::Get,
+        &monitoring_path(ns, "breakdown", query, &extra),
+        None,
+    )
+    .await
+}
+
+/// Where a page of the request log starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogCursor {
+    /// The newest calls.
+    Newest,
+    /// Older than this cursor (paging back).
+    Before(String),
+    /// Newer than this cursor (the live tail's poll).
+    After(String),
+}
+
+/// A page of individual calls matching the filters and the search text (M4).
+pub async fn monitoring_requests(
+    ns: &str,
+    query: &MonitoringQuery,
+    search: &str,
+    cursor: &LogCursor,
+    limit: u32,
+) -> ApiResult<RequestPage> {
+    let mut extra = format!("limit={limit}");
+    let search = search.trim();
+    if !search.is_empty() {
+        extra.push_str(&format!("&q={}", encode_query_value(search)));
+    }
+    match cursor {
+        LogCursor::Newest => {}
+        LogCursor::Before(c) => extra.push_str(&format!("&before={}", encode_query_value(c))),
+        LogCursor::After(c) => extra.push_str(&format!("&after={}", encode_query_value(c))),
+    }
+    authed(
+        Method::Get,
+        &monitoring_path(ns, "requests", query, &extra),
+        None,
+    )
+    .await
+}
+
+/// The path of a usage export (M5) for [`download`].
+pub fn monitoring_export_path(ns: &str, query: &MonitoringQuery, format: ExportFormat) -> String {
+    monitoring_path(ns, "export", query, &format!("format={}", format.as_str()))
 }

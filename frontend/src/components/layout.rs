@@ -17,7 +17,7 @@ const AREAS: [(&str, &str, bool); 12] = [
     ("/keys", "Keys", true),
     ("/playground", "Playground", true),
     ("/credits", "Credits", true),
-    ("/monitoring", "Monitoring", false),
+    ("/monitoring", "Monitoring", true),
     ("/finance", "Finance", true),
     ("/catalog", "Catalog", true),
     ("/apis", "APIs", false),

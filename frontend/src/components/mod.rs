@@ -1,4 +1,5 @@
 pub mod banners;
+pub mod charts;
 pub mod layout;
 
 use leptos::prelude::*;

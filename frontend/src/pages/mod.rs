@@ -4,6 +4,7 @@ pub mod credits;
 pub mod dashboard;
 pub mod finance;
 pub mod keys;
+pub mod monitoring;
 pub mod placeholder;
 pub mod playground;
 pub mod settings;

@@ -8,10 +8,12 @@ pub mod banners;
 pub mod bonuses;
 pub mod catalog;
 pub mod credits;
+pub mod dashboard;
 pub mod events;
 pub mod keys;
 pub mod me;
 pub mod members;
+pub mod monitoring;
 pub mod namespaces;
 pub mod statements;
 pub mod subscriptions;
@@ -65,6 +67,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(usage::key_stats)
                 .service(usage::list)
                 .service(usage::playground)
+                .service(monitoring::series)
+                .service(monitoring::breakdown)
+                .service(monitoring::requests)
+                .service(monitoring::export)
+                .service(dashboard::summary)
                 .service(credits::balances)
                 .service(credits::ledger)
                 .service(credits::faucet)

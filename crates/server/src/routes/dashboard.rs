@@ -1,0 +1,221 @@
+//! The dashboard's first screen (D1–D3, D7) in one answer.
+//!
+//! Policy: everything here comes from the hour rollups (and, for seller
+//! revenue, the ledger's `revenue` entries through its `(namespace_id, kind,
+//! time)` index), never from raw events, so it stays fast at tens of millions
+//! of calls. "24h" and "48h" are the last 24 and 48 hour buckets, the running
+//! hour included; "all time" is what the hour rollups keep
+//! (`monitoring.hour_retention_days`, forever by default).
+
+use std::collections::BTreeMap;
+
+use actix_web::{get, web};
+use serde::Deserialize;
+use tally_common::{
+    ApiUsageRow, ConsumerKpis, DashboardRole, DashboardSummary, Environment, ErrorBody, HourlyBar,
+    SellerKpis,
+};
+use tally_store::monitoring::{self as mon, Agg, Filter, Group, Grouped, Scope};
+use tally_store::rollups::Grain;
+use utoipa::IntoParams;
+
+use crate::auth::{CurrentMember, Permission};
+use crate::error::ApiResult;
+use crate::routes::rfc3339;
+use crate::state::AppState;
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DashboardQuery {
+    /// Default `test`.
+    pub environment: Option<Environment>,
+}
+
+fn rate(calls: i64, errors: i64) -> f64 {
+    if calls == 0 {
+        1.0
+    } else {
+        (calls - errors) as f64 / calls as f64
+    }
+}
+
+/// 48 bars ending with the running hour, zero-filled.
+fn bars(rows: &[Grouped], first: i64) -> Vec<HourlyBar> {
+    let by_time: BTreeMap<i64, &Agg> = rows.iter().map(|g| (g.time, &g.agg)).collect();
+    (0..48)
+        .map(|i| {
+            let t = first + i * HOUR_MS;
+            let a = by_time.get(&t);
+            HourlyBar {
+                start: rfc3339(t),
+                successes: a.map_or(0, |a| a.calls - a.errors),
+                errors: a.map_or(0, |a| a.errors),
+            }
+        })
+        .collect()
+}
+
+fn last_24(rows: &[Grouped], since: i64) -> Agg {
+    let mut a = Agg::default();
+    for g in rows.iter().filter(|g| g.time >= since) {
+        a.merge(&g.agg);
+    }
+    a
+}
+
+fn api_rows(groups: Vec<Grouped>) -> Vec<ApiUsageRow> {
+    let mut rows: Vec<ApiUsageRow> = groups
+        .into_iter()
+        .map(|g| ApiUsageRow {
+            success_rate: rate(g.agg.calls, g.agg.errors),
+            avg_latency_us: g.agg.avg_latency_us(),
+            api: g.key,
+            calls: g.agg.calls,
+            successes: g.agg.calls - g.agg.errors,
+            errors: g.agg.errors,
+            cost_micros: g.agg.cost_micros,
+            revenue_micros: 0,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.api.cmp(&b.api)));
+    rows
+}
+
+/// KPI cards by role, the 48-hour call-rate bars and the all-time API table
+/// (the namespace's own calls, and for a namespace that owns catalog APIs the
+/// calls they served), with the server's uptime.
+#[utoipa::path(
+    tag = "monitoring",
+    security(("bearer" = [])),
+    params(("namespace_id" = String, Path), DashboardQuery),
+    responses(
+        (status = 401, body = ErrorBody),
+        (status = 200, body = DashboardSummary),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+#[get("/namespaces/{namespace_id}/dashboard")]
+pub async fn summary(
+    state: web::Data<AppState>,
+    member: CurrentMember,
+    query: web::Query<DashboardQuery>,
+) -> ApiResult<web::Json<DashboardSummary>> {
+    member.require(Permission::Read)?;
+    let env = query.environment.unwrap_or_default();
+    let now = tally_store::now_ms();
+    let hour = Grain::Hour.floor(now);
+    let first = hour - 47 * HOUR_MS;
+    let day_ago = hour - 23 * HOUR_MS;
+    let to = hour + HOUR_MS;
+    let ns = [member.namespace_id().to_owned()];
+    let all = Filter::default();
+    let mut conn = state.store.conn().await?;
+
+    let own = Scope::Namespaces(&ns);
+    let hourly = mon::aggregate(
+        &mut conn,
+        Grain::Hour,
+        &own,
+        env,
+        Some(first),
+        Some(to),
+        &all,
+        Group::Time(HOUR_MS),
+    )
+    .await?;
+    let by_api = mon::aggregate(
+        &mut conn,
+        Grain::Hour,
+        &own,
+        env,
+        None,
+        None,
+        &all,
+        Group::Column("api"),
+    )
+    .await?;
+    let balance = tally_store::ledger::balance(&mut conn, member.namespace_id(), env).await?;
+    let day = last_24(&hourly, day_ago);
+    let mut total = Agg::default();
+    for g in &by_api {
+        total.merge(&g.agg);
+    }
+    let consumer = ConsumerKpis {
+        balance_micros: balance,
+        calls_24h: day.calls,
+        errors_24h: day.errors,
+        success_rate_24h: rate(day.calls, day.errors),
+        avg_latency_us_24h: day.avg_latency_us(),
+        spent_24h_micros: day.cost_micros,
+        calls_total: total.calls,
+        spent_total_micros: total.cost_micros,
+    };
+
+    let owned = mon::owned_apis(&mut conn, member.namespace_id()).await?;
+    let (seller, served_hourly, served_apis) = if owned.is_empty() {
+        (None, Vec::new(), Vec::new())
+    } else {
+        let served = Scope::Apis(&owned);
+        let week = mon::aggregate(
+            &mut conn,
+            Grain::Hour,
+            &served,
+            env,
+            Some(hour - 167 * HOUR_MS),
+            Some(to),
+            &all,
+            Group::Time(HOUR_MS),
+        )
+        .await?;
+        let served_by_api = mon::aggregate(
+            &mut conn,
+            Grain::Hour,
+            &served,
+            env,
+            None,
+            None,
+            &all,
+            Group::Column("api"),
+        )
+        .await?;
+        let sday = last_24(&week, day_ago);
+        let sweek = last_24(&week, i64::MIN);
+        let ns_id = member.namespace_id();
+        let revenue_24h = mon::revenue(&mut conn, ns_id, env, now - 86_400_000, now + 1).await?;
+        let revenue_7d = mon::revenue(&mut conn, ns_id, env, now - 7 * 86_400_000, now + 1).await?;
+        let kpis = SellerKpis {
+            calls_served_24h: sday.calls,
+            errors_24h: sday.errors,
+            success_rate_24h: rate(sday.calls, sday.errors),
+            revenue_24h_micros: revenue_24h,
+            calls_served_7d: sweek.calls,
+            revenue_7d_micros: revenue_7d,
+        };
+        let recent: Vec<Grouped> = week.into_iter().filter(|g| g.time >= first).collect();
+        (Some(kpis), bars(&recent, first), api_rows(served_by_api))
+    };
+    drop(conn);
+
+    Ok(web::Json(DashboardSummary {
+        environment: env,
+        role: if seller.is_some() {
+            DashboardRole::Seller
+        } else {
+            DashboardRole::Consumer
+        },
+        consumer,
+        seller,
+        hourly: bars(&hourly, first),
+        apis: api_rows(by_api),
+        served_hourly,
+        served_apis,
+        uptime_secs: state.uptime_seconds(),
+        started_at: state
+            .started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        generated_at: rfc3339(now),
+    }))
+}
