@@ -573,6 +573,8 @@ pub async fn bonuses(ns: &str, env: Environment) -> ApiResult<BonusList> {
 pub async fn banners(ns: &str, env: Environment) -> ApiResult<BannerList> {
     let path = format!("/api/v1/namespaces/{ns}/banners?environment={env}");
     authed(Method::Get, &path, None).await
+}
+
 // --- Monitoring and the dashboard summary (M1–M5, D1–D3) ----------------------
 
 /// The dashboard's first screen: KPIs by role, 48 hourly bars, the all-time
