@@ -743,6 +743,7 @@ mod tests {
             live: false,
             test_mode: "sandbox".into(),
             enabled: true,
+            owner: "platform".into(),
         }
     }
 

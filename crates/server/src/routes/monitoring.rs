@@ -18,13 +18,13 @@ use tally_common::{
 };
 use tally_store::monitoring::{self as mon, Agg, Cursor, EventFilter, Filter, Group, Order, Scope};
 use tally_store::rollups::Grain;
-use tally_store::usage::CallRecord;
 use tally_store::Store;
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::rfc3339;
+use crate::routes::usage::to_event;
 use crate::state::AppState;
 
 pub const MAX_WINDOW_DAYS: i64 = 400;
@@ -360,27 +360,6 @@ pub async fn breakdown(
         to: rfc3339(to_a),
         rows,
     }))
-}
-
-pub fn to_event(c: CallRecord) -> UsageEvent {
-    UsageEvent {
-        id: c.id,
-        time: rfc3339(c.time),
-        environment: c.environment,
-        key_id: c.key_id,
-        api: c.api,
-        model: c.model,
-        endpoint: c.endpoint,
-        request_type: c.request_type.to_owned(),
-        status: u16::try_from(c.status).unwrap_or(0),
-        error: c.error,
-        latency_us: c.latency_us,
-        upstream_latency_us: c.upstream_latency_us,
-        tokens_in: c.tokens_in,
-        tokens_out: c.tokens_out,
-        cost_micros: c.cost_micros,
-        client_id: c.client_id,
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

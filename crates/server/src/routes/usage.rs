@@ -17,7 +17,8 @@ use crate::gateway::{limits, Endpoint, Inbound, ReplyBody};
 use crate::routes::rfc3339;
 use crate::state::AppState;
 
-fn to_event(c: CallRecord) -> UsageEvent {
+/// A recorded call as the API shows it.
+pub fn to_event(c: CallRecord) -> UsageEvent {
     UsageEvent {
         id: c.id,
         time: rfc3339(c.time),
