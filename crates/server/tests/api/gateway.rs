@@ -13,7 +13,8 @@ use tally_common::{
 };
 
 use crate::helpers::{
-    assert_error, backend_tests, json, spawn_app, start, test_settings, Backend, TestApp, User,
+    add_api, assert_error, backend_tests, grant, json, spawn_app, start, test_settings, Backend,
+    TestApp, User,
 };
 
 backend_tests!(
@@ -155,29 +156,6 @@ async fn call(app: &TestApp, secret: &str, path: &str, body: Value) -> reqwest::
 
 fn chat_body(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 50})
-}
-
-async fn add_api(app: &TestApp, operator: &User, config: Value) {
-    let res = app
-        .post("/api/v1/admin/catalog", Some(&operator.token), config)
-        .await;
-    assert_eq!(
-        res.status(),
-        StatusCode::CREATED,
-        "{}",
-        res.text().await.unwrap()
-    );
-}
-
-async fn grant(app: &TestApp, operator: &User, to: &User, env: &str, micros: i64) {
-    let res = app
-        .post(
-            &format!("/api/v1/admin/namespaces/{}/grants", to.namespace_id),
-            Some(&operator.token),
-            json!({"environment": env, "amount_micros": micros, "memo": "test"}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
 }
 
 async fn balance(app: &TestApp, user: &User, env: Environment) -> i64 {

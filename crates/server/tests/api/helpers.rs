@@ -310,3 +310,28 @@ pub async fn json<T: DeserializeOwned>(res: Response, status: StatusCode) -> T {
     assert_eq!(res.status(), status, "status");
     res.json().await.expect("JSON body")
 }
+
+/// Adds an API to the catalog as `operator`.
+pub async fn add_api(app: &TestApp, operator: &User, config: Value) {
+    let res = app
+        .post("/api/v1/admin/catalog", Some(&operator.token), config)
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "{}",
+        res.text().await.unwrap()
+    );
+}
+
+/// Grants `micros` credits in `env` to `to`'s namespace as `operator`.
+pub async fn grant(app: &TestApp, operator: &User, to: &User, env: &str, micros: i64) {
+    let res = app
+        .post(
+            &format!("/api/v1/admin/namespaces/{}/grants", to.namespace_id),
+            Some(&operator.token),
+            json!({"environment": env, "amount_micros": micros, "memo": "test"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+}

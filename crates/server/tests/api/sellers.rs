@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use tally_common::{BannerList, CreatedKey, Environment, ErrorCode};
 
 use crate::billing::{assert_ledger_consistent, balance, billing_app, events_of_kind, ledger, ns};
-use crate::helpers::{assert_error, backend_tests, json, Backend, TestApp, User};
+use crate::helpers::{add_api, assert_error, backend_tests, grant, json, Backend, TestApp, User};
 
 backend_tests!(
     a_sellers_api_pays_the_seller_less_the_fee_and_pauses_below_the_critical_level,
@@ -33,29 +33,6 @@ async fn upstream() -> String {
     .run();
     tokio::spawn(server);
     format!("http://127.0.0.1:{port}")
-}
-
-async fn add_api(app: &TestApp, operator: &User, config: Value) {
-    let res = app
-        .post("/api/v1/admin/catalog", Some(&operator.token), config)
-        .await;
-    assert_eq!(
-        res.status(),
-        StatusCode::CREATED,
-        "{}",
-        res.text().await.unwrap()
-    );
-}
-
-async fn grant(app: &TestApp, operator: &User, to: &User, env: &str, micros: i64) {
-    let res = app
-        .post(
-            &format!("/api/v1/admin/namespaces/{}/grants", to.namespace_id),
-            Some(&operator.token),
-            json!({"environment": env, "amount_micros": micros}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
 }
 
 async fn key(app: &TestApp, user: &User, env: &str) -> String {
