@@ -14,12 +14,11 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, CurrentOperator, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::credits::credit;
+use crate::routes::credits::{check_grant, credit};
 use crate::routes::keys::parse_expiry;
 use crate::routes::rfc3339;
 use crate::state::AppState;
 
-const MAX_BONUS: i64 = 1_000_000_000_000_000;
 /// Furthest expiry: bounds the part of the ledger a replay reads.
 const MAX_EXPIRY_MS: i64 = 366 * 24 * 3600 * 1000;
 
@@ -62,11 +61,6 @@ pub async fn grant(
 ) -> ApiResult<HttpResponse> {
     let ns = path.into_inner();
     let body = body.into_inner();
-    if !(1..=MAX_BONUS).contains(&body.amount_micros) {
-        return Err(ApiError::invalid(
-            "amount_micros must be 1 to 1,000,000,000,000,000",
-        ));
-    }
     let expires_at = body.expires_at.as_deref().map(parse_expiry).transpose()?;
     let now = tally_store::now_ms();
     if expires_at.is_some_and(|t| t - now > MAX_EXPIRY_MS) {
@@ -74,20 +68,7 @@ pub async fn grant(
             "expires_at must be at most 366 days away; leave it out for a bonus that never expires",
         ));
     }
-    let memo = body
-        .memo
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty());
-    if memo.is_some_and(|m| m.chars().count() > 500) {
-        return Err(ApiError::invalid("memo must be at most 500 characters"));
-    }
-    {
-        let mut conn = state.store.conn().await?;
-        if !tally_store::namespaces::exists(&mut conn, &ns).await? {
-            return Err(ApiError::not_found("namespace"));
-        }
-    }
+    let memo = check_grant(&state, &ns, body.amount_micros, body.memo.as_deref()).await?;
     let id = tally_store::new_id("bonus");
     let row = BonusRow {
         id: id.clone(),

@@ -318,6 +318,30 @@ fn human(secs: i64) -> String {
     }
 }
 
+/// Checks an operator's grant or bonus: the amount, the memo (trimmed; empty
+/// is none) and that the namespace exists. Returns the memo.
+pub(crate) async fn check_grant<'a>(
+    state: &AppState,
+    ns: &str,
+    amount_micros: i64,
+    memo: Option<&'a str>,
+) -> ApiResult<Option<&'a str>> {
+    if !(1..=MAX_GRANT).contains(&amount_micros) {
+        return Err(ApiError::invalid(
+            "amount_micros must be 1 to 1,000,000,000,000,000",
+        ));
+    }
+    let memo = memo.map(str::trim).filter(|m| !m.is_empty());
+    if memo.is_some_and(|m| m.chars().count() > 500) {
+        return Err(ApiError::invalid("memo must be at most 500 characters"));
+    }
+    let mut conn = state.store.conn().await?;
+    if !tally_store::namespaces::exists(&mut conn, ns).await? {
+        return Err(ApiError::not_found("namespace"));
+    }
+    Ok(memo)
+}
+
 /// Grants credits to any namespace (operators only).
 #[utoipa::path(
     tag = "credits",
@@ -340,25 +364,7 @@ pub async fn grant(
     body: web::Json<GrantRequest>,
 ) -> ApiResult<HttpResponse> {
     let ns = path.into_inner();
-    if !(1..=MAX_GRANT).contains(&body.amount_micros) {
-        return Err(ApiError::invalid(
-            "amount_micros must be 1 to 1,000,000,000,000,000",
-        ));
-    }
-    let memo = body
-        .memo
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty());
-    if memo.is_some_and(|m| m.chars().count() > 500) {
-        return Err(ApiError::invalid("memo must be at most 500 characters"));
-    }
-    {
-        let mut conn = state.store.conn().await?;
-        if !tally_store::namespaces::exists(&mut conn, &ns).await? {
-            return Err(ApiError::not_found("namespace"));
-        }
-    }
+    let memo = check_grant(&state, &ns, body.amount_micros, body.memo.as_deref()).await?;
     let row = credit(
         &state,
         NewEntry {
