@@ -9,6 +9,7 @@
 //! through the gateway's in-memory account like a call's capture, so an
 //! expiry never takes credits that calls in flight have reserved.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,9 +94,19 @@ pub async fn expire_bonuses(
 }
 
 /// Reports a seller's pause or resume (one event per change) when its state
-/// differs from the last one seen.
-pub async fn check_seller(store: &Store, gateway: &Gateway, seller: &str) -> ApiResult<()> {
+/// differs from the last one seen. `seen` is this instance's memory of the
+/// states it last recorded, so a state that did not change costs no database
+/// write.
+pub async fn check_seller(
+    store: &Store,
+    gateway: &Gateway,
+    seller: &str,
+    seen: &mut HashMap<String, bool>,
+) -> ApiResult<()> {
     let paused = gateway.seller_paused(seller).await?;
+    if seen.get(seller) == Some(&paused) {
+        return Ok(());
+    }
     let mut tx = store.begin().await?;
     if !tally_store::namespaces::exists(&mut tx, seller).await? {
         return Ok(());
@@ -133,6 +144,7 @@ pub async fn check_seller(store: &Store, gateway: &Gateway, seller: &str) -> Api
         .await?;
     }
     tx.commit().await?;
+    seen.insert(seller.to_owned(), paused);
     Ok(())
 }
 
@@ -188,8 +200,12 @@ pub async fn renew_subscriptions(store: &Store) -> ApiResult<()> {
     Ok(())
 }
 
-/// One round of upkeep.
-pub async fn run_once(store: &Store, gateway: &Gateway) -> ApiResult<()> {
+/// One round of upkeep; `seen` as for [`check_seller`].
+pub async fn run_once(
+    store: &Store,
+    gateway: &Gateway,
+    seen: &mut HashMap<String, bool>,
+) -> ApiResult<()> {
     let due = {
         let mut conn = store.conn().await?;
         tally_store::bonuses::due(&mut conn, tally_store::now_ms()).await?
@@ -198,7 +214,7 @@ pub async fn run_once(store: &Store, gateway: &Gateway) -> ApiResult<()> {
         expire_bonuses(store, gateway, &ns, env).await?;
     }
     for seller in gateway.sellers() {
-        check_seller(store, gateway, &seller).await?;
+        check_seller(store, gateway, &seller, seen).await?;
     }
     renew_subscriptions(store).await
 }
@@ -207,6 +223,7 @@ pub async fn run_once(store: &Store, gateway: &Gateway) -> ApiResult<()> {
 pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration) {
     let gateway = Arc::downgrade(&gateway);
     tokio::spawn(async move {
+        let mut seen = HashMap::new();
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -214,7 +231,7 @@ pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration) {
             let Some(gateway) = gateway.upgrade() else {
                 return;
             };
-            if let Err(e) = run_once(&store, &gateway).await {
+            if let Err(e) = run_once(&store, &gateway, &mut seen).await {
                 tracing::warn!(error = %e, "credit upkeep failed");
             }
         }
