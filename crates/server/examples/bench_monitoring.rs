@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tally_common::Environment;
 use tally_server::config::Settings;
 use tally_server::Application;
+use tally_store::rollups::Table;
 use tally_store::sqlx::{self, Connection};
 use tally_store::usage::CallRecord;
 
@@ -181,12 +182,11 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) {
     println!("    load: {:.1} s", t0.elapsed().as_secs_f64());
     if label == "PostgreSQL" {
         let mut conn = store.conn().await.unwrap();
-        for t in [
-            "usage_events",
-            "usage_rollup_minute",
-            "usage_rollup_hour",
-            "ledger_entries",
-        ] {
+        let rollups = Table::ALL.iter().map(|t| t.name());
+        for t in ["usage_events", "ledger_entries"]
+            .into_iter()
+            .chain(rollups)
+        {
             sqlx::query(&format!("ANALYZE {t}"))
                 .execute(&mut *conn)
                 .await
@@ -195,7 +195,7 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) {
     }
     {
         let mut conn = store.conn().await.unwrap();
-        for t in ["usage_rollup_minute", "usage_rollup_hour"] {
+        for t in Table::ALL.iter().map(|t| t.name()) {
             let n: i64 = sqlx::Row::get(
                 &sqlx::query(&format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {t}"))
                     .fetch_one(&mut *conn)
@@ -227,12 +227,24 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) {
             p("/monitoring/series?environment=live&range=30d"),
         ),
         (
+            "series 90d (day)",
+            p("/monitoring/series?environment=live&range=90d"),
+        ),
+        (
+            "series 7d, one API",
+            p("/monitoring/series?environment=live&range=7d&api=embed"),
+        ),
+        (
             "series 30d, one key, 5xx",
             p("/monitoring/series?environment=live&range=30d&key_id=key_03&status_class=5xx"),
         ),
         (
             "breakdown by key 24h",
             p("/monitoring/breakdown?environment=live&by=key&range=24h"),
+        ),
+        (
+            "breakdown by API 30d",
+            p("/monitoring/breakdown?environment=live&by=api&range=30d"),
         ),
         (
             "breakdown by client 30d",

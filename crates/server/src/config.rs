@@ -236,8 +236,12 @@ pub struct MonitoringSettings {
     pub raw_retention_days: u32,
     /// Per-minute rollups (series up to six hours, per-minute charts).
     pub minute_retention_days: u32,
-    /// Per-hour rollups (longer series, breakdowns, the dashboard's all-time table).
+    /// Per-hour rollups (series and breakdowns over hours, the dashboard's
+    /// 48-hour chart and 24-hour figures).
     pub hour_retention_days: u32,
+    /// Per-day rollups (ranges beyond seven days, the dashboard's all-time
+    /// figures and API table).
+    pub day_retention_days: u32,
     /// How often the pruning task runs.
     pub prune_interval_secs: u64,
 }
@@ -248,6 +252,7 @@ impl Default for MonitoringSettings {
             raw_retention_days: 0,
             minute_retention_days: 14,
             hour_retention_days: 0,
+            day_retention_days: 0,
             prune_interval_secs: 3_600,
         }
     }

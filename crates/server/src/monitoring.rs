@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use tally_store::monitoring::Cutoffs;
 use tally_store::Store;
 
 use crate::config::MonitoringSettings;
@@ -20,16 +21,17 @@ fn cutoff(now: i64, days: u32) -> Option<i64> {
 /// Runs one pruning pass; returns the rows deleted.
 pub async fn prune_once(store: &Store, s: &MonitoringSettings) -> tally_store::Result<u64> {
     let now = tally_store::now_ms();
-    let (raw, minute, hour) = (
-        cutoff(now, s.raw_retention_days),
-        cutoff(now, s.minute_retention_days),
-        cutoff(now, s.hour_retention_days),
-    );
-    if raw.is_none() && minute.is_none() && hour.is_none() {
+    let cutoffs = Cutoffs {
+        raw: cutoff(now, s.raw_retention_days),
+        minute: cutoff(now, s.minute_retention_days),
+        hour: cutoff(now, s.hour_retention_days),
+        day: cutoff(now, s.day_retention_days),
+    };
+    if [cutoffs.raw, cutoffs.minute, cutoffs.hour, cutoffs.day] == [None; 4] {
         return Ok(0);
     }
     let mut conn = store.conn().await?;
-    tally_store::monitoring::prune(&mut conn, raw, minute, hour).await
+    tally_store::monitoring::prune(&mut conn, cutoffs).await
 }
 
 /// Starts the pruning task on the current runtime.

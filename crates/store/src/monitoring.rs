@@ -3,9 +3,11 @@
 //!
 //! Policy:
 //! - Charts, breakdowns and the dashboard read only the rollup tables
-//!   ([`crate::rollups`]), never `usage_events`; the caller picks the grain
-//!   (minute rows for short windows, hour rows beyond). Histograms are summed
-//!   in SQL and percentiles read from the sums.
+//!   ([`crate::rollups`]), never `usage_events`. The caller picks the grain
+//!   (minute rows for short windows, hour and day rows beyond); [`aggregate`]
+//!   picks, of that grain, the most compact table that keeps the columns the
+//!   query filters and groups on. Histograms are summed in SQL and
+//!   percentiles read from the sums.
 //! - The request log and the export read raw events through the
 //!   `(namespace_id, environment, time)` index, a page at a time, with a
 //!   keyset cursor on `(time, id)`, so no query ever holds a range in memory.
@@ -14,7 +16,7 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::{Environment, StatusClass, LATENCY_BUCKETS};
 
-use crate::rollups::{hist_columns, hist_sums, Grain};
+use crate::rollups::{hist_columns, hist_sums, Grain, Level, Table};
 use crate::usage::CallRecord;
 use crate::{bad_value, Result};
 
@@ -82,12 +84,30 @@ pub struct Filter<'a> {
     pub client_id: Option<&'a str>,
 }
 
-/// Which rows: the calls some namespaces made, or the calls made to some APIs
-/// (by any namespace: a seller's view).
+impl Filter<'_> {
+    /// The columns this filter constrains.
+    fn columns(&self) -> Vec<&'static str> {
+        [
+            ("api", self.api.is_some()),
+            ("model", self.model.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("request_type", self.request_type.is_some()),
+            ("key_id", self.key_id.is_some()),
+            ("status_class", self.status_class.is_some()),
+            ("client_id", self.client_id.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(c, set)| set.then_some(c))
+        .collect()
+    }
+}
+
+/// Which rows: the calls some namespaces made, or the calls any namespace
+/// made to the APIs a seller owned at the time (the seller's view).
 #[derive(Debug, Clone)]
 pub enum Scope<'a> {
     Namespaces(&'a [String]),
-    Apis(&'a [String]),
+    Served(&'a str),
 }
 
 /// How rows are grouped.
@@ -215,6 +235,8 @@ pub struct Grouped {
 }
 
 /// Sums rollup rows of one grain in `[from, to)` (`None`: unbounded), grouped.
+/// A seller's view ([`Scope::Served`]) can filter and group by API and status
+/// class only.
 #[allow(clippy::too_many_arguments)]
 pub async fn aggregate(
     conn: &mut AnyConnection,
@@ -226,6 +248,16 @@ pub async fn aggregate(
     filter: &Filter<'_>,
     group: Group,
 ) -> Result<Vec<Grouped>> {
+    let mut columns = filter.columns();
+    if let Group::Column(col) = group {
+        columns.push(col);
+    }
+    let level = match scope {
+        Scope::Namespaces(_) => Level::Full,
+        Scope::Served(_) => Level::Served,
+    };
+    let table = Table::pick(grain, level, &columns)
+        .ok_or_else(|| bad_value("rollup query columns", &columns.join(", ")))?;
     let mut sql = Sql::new("");
     let (select, group_by) = match group {
         Group::None => (String::new(), String::new()),
@@ -253,11 +285,14 @@ pub async fn aggregate(
          CAST(SUM(latency_sum_us) AS BIGINT) AS latency_sum_us, {} \
          FROM {} WHERE 1 = 1",
         hist_sums(),
-        grain.table()
+        table.name()
     ));
     match scope {
         Scope::Namespaces(ns) => in_list(&mut sql, "namespace_id", ns),
-        Scope::Apis(apis) => in_list(&mut sql, "api", apis),
+        Scope::Served(seller) => {
+            let m = sql.text(seller);
+            sql.push(&format!(" AND namespace_id = {m}"));
+        }
     }
     let env = sql.text(environment.as_str());
     sql.push(&format!(" AND environment = {env}"));
@@ -291,29 +326,6 @@ pub async fn aggregate(
         });
     }
     Ok(out)
-}
-
-/// Revenue credited to a namespace (ledger entries of kind `revenue`) in
-/// `[from, to)`; uses the `(namespace_id, kind, time)` index.
-pub async fn revenue(
-    conn: &mut AnyConnection,
-    namespace_id: &str,
-    environment: Environment,
-    from: i64,
-    to: i64,
-) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT CAST(SUM(amount_micros) AS BIGINT) AS total FROM ledger_entries \
-         WHERE namespace_id = $1 AND kind = 'revenue' AND time >= $2 AND time < $3 \
-         AND environment = $4",
-    )
-    .bind(namespace_id)
-    .bind(from)
-    .bind(to)
-    .bind(environment.as_str())
-    .fetch_one(&mut *conn)
-    .await?;
-    opt_i64(&row, "total")
 }
 
 /// Catalog APIs a namespace owns (the `owner` of their configuration).
@@ -508,50 +520,50 @@ pub async fn events_page(
     rows.iter().map(crate::usage::call_from_row).collect()
 }
 
-/// Retention: deletes raw events and rollup rows older than the cutoffs
-/// (Unix ms; `None` keeps everything), namespace by namespace so each
-/// statement uses the namespace's index and no transaction grows with the
-/// whole table. Returns the rows deleted.
-pub async fn prune(
-    conn: &mut AnyConnection,
-    raw_before: Option<i64>,
-    minute_before: Option<i64>,
-    hour_before: Option<i64>,
-) -> Result<u64> {
+/// How long each kind of row is kept: rows older than these (Unix ms) are
+/// deleted; `None` keeps everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cutoffs {
+    pub raw: Option<i64>,
+    pub minute: Option<i64>,
+    pub hour: Option<i64>,
+    pub day: Option<i64>,
+}
+
+/// Retention: deletes raw events and rollup rows older than the cutoffs,
+/// namespace by namespace so each statement uses the namespace's index and
+/// no transaction grows with the whole table. Returns the rows deleted.
+pub async fn prune(conn: &mut AnyConnection, cutoffs: Cutoffs) -> Result<u64> {
     let namespaces: Vec<String> = sqlx::query("SELECT id FROM namespaces")
         .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(|r| r.try_get::<String, _>("id"))
         .collect::<std::result::Result<_, _>>()?;
+    let mut targets = vec![("usage_events", "time", cutoffs.raw)];
+    for t in Table::ALL {
+        let cutoff = match t.grain() {
+            Grain::Minute => cutoffs.minute,
+            Grain::Hour => cutoffs.hour,
+            Grain::Day => cutoffs.day,
+        };
+        targets.push((t.name(), "bucket", cutoff));
+    }
     let mut deleted = 0;
     for ns in &namespaces {
         for env in Environment::ALL {
-            for (sql, cutoff) in [
-                (
-                    "DELETE FROM usage_events WHERE namespace_id = $1 AND environment = $2 \
-                     AND time < $3",
-                    raw_before,
-                ),
-                (
-                    "DELETE FROM usage_rollup_minute WHERE namespace_id = $1 \
-                     AND environment = $2 AND bucket < $3",
-                    minute_before,
-                ),
-                (
-                    "DELETE FROM usage_rollup_hour WHERE namespace_id = $1 \
-                     AND environment = $2 AND bucket < $3",
-                    hour_before,
-                ),
-            ] {
+            for (table, column, cutoff) in &targets {
                 if let Some(cutoff) = cutoff {
-                    deleted += sqlx::query(sql)
-                        .bind(ns)
-                        .bind(env.as_str())
-                        .bind(cutoff)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected();
+                    deleted += sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE namespace_id = $1 AND environment = $2 \
+                         AND {column} < $3"
+                    ))
+                    .bind(ns)
+                    .bind(env.as_str())
+                    .bind(*cutoff)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
                 }
             }
         }

@@ -27,27 +27,21 @@ use tally_common::{latency_bucket, StatusClass, LATENCY_BUCKETS};
 use crate::usage::CallRecord;
 use crate::Result;
 
-/// The two rollup tables and the width of their buckets (ms).
+/// The width of a rollup table's buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Grain {
     Minute,
     Hour,
+    /// A UTC day.
+    Day,
 }
 
 impl Grain {
-    pub const ALL: [Grain; 2] = [Grain::Minute, Grain::Hour];
-
-    pub fn table(self) -> &'static str {
-        match self {
-            Grain::Minute => "usage_rollup_minute",
-            Grain::Hour => "usage_rollup_hour",
-        }
-    }
-
     pub fn millis(self) -> i64 {
         match self {
             Grain::Minute => 60_000,
             Grain::Hour => 3_600_000,
+            Grain::Day => 86_400_000,
         }
     }
 
@@ -57,10 +51,103 @@ impl Grain {
     }
 }
 
-/// The dimensions a rollup row is keyed by (M2, M3).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Which dimensions a rollup table keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// Every dimension of M2/M3: any filter, any breakdown.
+    Full,
+    /// A namespace's calls by API and status class only (the other
+    /// dimensions `''`): the dashboard and unfiltered charts.
+    Api,
+    /// The calls made to a seller's APIs by any namespace, by API and status
+    /// class, keyed by the seller (`namespace_id` holds the API's owner).
+    Served,
+}
+
+impl Level {
+    /// Whether rows of this level can answer a filter or grouping on `column`.
+    pub fn keeps(self, column: &str) -> bool {
+        match self {
+            Level::Full => true,
+            Level::Api => matches!(column, "namespace_id" | "api" | "status_class"),
+            Level::Served => matches!(column, "api" | "status_class"),
+        }
+    }
+}
+
+/// The rollup tables the writer maintains. Minute rows keep every dimension
+/// only: short windows are small whatever they keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Minute,
+    Hour,
+    Day,
+    ApiHour,
+    ApiDay,
+    ServedHour,
+    ServedDay,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Minute,
+        Table::Hour,
+        Table::Day,
+        Table::ApiHour,
+        Table::ApiDay,
+        Table::ServedHour,
+        Table::ServedDay,
+    ];
+
+    pub fn grain(self) -> Grain {
+        match self {
+            Table::Minute => Grain::Minute,
+            Table::Hour | Table::ApiHour | Table::ServedHour => Grain::Hour,
+            Table::Day | Table::ApiDay | Table::ServedDay => Grain::Day,
+        }
+    }
+
+    pub fn level(self) -> Level {
+        match self {
+            Table::Minute | Table::Hour | Table::Day => Level::Full,
+            Table::ApiHour | Table::ApiDay => Level::Api,
+            Table::ServedHour | Table::ServedDay => Level::Served,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Minute => "usage_rollup_minute",
+            Table::Hour => "usage_rollup_hour",
+            Table::Day => "usage_rollup_day",
+            Table::ApiHour => "usage_rollup_api_hour",
+            Table::ApiDay => "usage_rollup_api_day",
+            Table::ServedHour => "usage_rollup_served_hour",
+            Table::ServedDay => "usage_rollup_served_day",
+        }
+    }
+
+    /// The most compact table of `grain` whose rows answer a query of `scope`
+    /// ([`Level::Served`] for a seller's view, else the caller's own calls)
+    /// that filters or groups on `columns`.
+    pub fn pick(grain: Grain, scope: Level, columns: &[&str]) -> Option<Table> {
+        let levels: &[Level] = match scope {
+            Level::Served => &[Level::Served],
+            _ => &[Level::Api, Level::Full],
+        };
+        levels.iter().find_map(|l| {
+            Table::ALL.into_iter().find(|t| {
+                t.grain() == grain && t.level() == *l && columns.iter().all(|c| l.keeps(c))
+            })
+        })
+    }
+}
+
+/// The dimensions a rollup row is keyed by (M2, M3); ordered by table first,
+/// the order in which a batch's upserts lock rows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RollupKey<'a> {
-    pub grain: Grain,
+    pub table: Table,
     pub namespace_id: &'a str,
     pub environment: &'static str,
     pub bucket: i64,
@@ -72,6 +159,32 @@ pub struct RollupKey<'a> {
     pub status_class: &'static str,
     pub client_id: &'a str,
     pub subcloud: &'a str,
+}
+
+impl<'a> RollupKey<'a> {
+    /// The row of `table` that counts call `c`, if that table counts it.
+    fn of(table: Table, c: &'a CallRecord) -> Option<RollupKey<'a>> {
+        let namespace_id = match table.level() {
+            Level::Served => c.seller_namespace_id.as_deref()?,
+            _ => &c.namespace_id,
+        };
+        let full = table.level() == Level::Full;
+        let dim = |v: &'a str| if full { v } else { "" };
+        Some(RollupKey {
+            table,
+            namespace_id,
+            environment: c.environment.as_str(),
+            bucket: table.grain().floor(c.time),
+            api: &c.api,
+            model: dim(c.model.as_deref().unwrap_or("")),
+            endpoint: dim(&c.endpoint),
+            request_type: dim(c.request_type),
+            key_id: dim(&c.key_id),
+            status_class: status_class(c.status),
+            client_id: dim(c.client_id.as_deref().unwrap_or("")),
+            subcloud: "",
+        })
+    }
 }
 
 /// What a rollup row counts.
@@ -119,27 +232,13 @@ pub fn status_class(status: i64) -> &'static str {
     StatusClass::of(u16::try_from(status).unwrap_or(599)).as_str()
 }
 
-/// A batch's rollup rows: one per distinct key, minute and hour, in the order
-/// keys first appear (so concurrent writers lock rows in a stable order).
+/// A batch's rollup rows: one per distinct key and table, sorted by table
+/// and key so that concurrent writers lock rows in one order.
 pub fn aggregate(calls: &[CallRecord]) -> Vec<(RollupKey<'_>, RollupCell)> {
     let mut out: Vec<(RollupKey<'_>, RollupCell)> = Vec::new();
     let mut index: HashMap<RollupKey<'_>, usize> = HashMap::new();
     for c in calls {
-        for grain in Grain::ALL {
-            let key = RollupKey {
-                grain,
-                namespace_id: &c.namespace_id,
-                environment: c.environment.as_str(),
-                bucket: grain.floor(c.time),
-                api: &c.api,
-                model: c.model.as_deref().unwrap_or(""),
-                endpoint: &c.endpoint,
-                request_type: c.request_type,
-                key_id: &c.key_id,
-                status_class: status_class(c.status),
-                client_id: c.client_id.as_deref().unwrap_or(""),
-                subcloud: "",
-            };
+        for key in Table::ALL.iter().filter_map(|t| RollupKey::of(*t, c)) {
             let i = *index.entry(key.clone()).or_insert_with(|| {
                 out.push((key, RollupCell::default()));
                 out.len() - 1
@@ -147,6 +246,7 @@ pub fn aggregate(calls: &[CallRecord]) -> Vec<(RollupKey<'_>, RollupCell)> {
             out[i].1.add_call(c);
         }
     }
+    out.sort_by(|(a, _), (b, _)| a.cmp(b));
     out
 }
 
@@ -232,11 +332,11 @@ const CHUNK: usize = 16;
 /// SQLite outside the gateway). Run it in the transaction that inserts the calls.
 pub async fn record(conn: &mut AnyConnection, calls: &[CallRecord]) -> Result<()> {
     let rows = aggregate(calls);
-    for grain in Grain::ALL {
+    for table in Table::ALL {
         let mine: Vec<&(RollupKey<'_>, RollupCell)> =
-            rows.iter().filter(|(k, _)| k.grain == grain).collect();
+            rows.iter().filter(|(k, _)| k.table == table).collect();
         for chunk in mine.chunks(CHUNK) {
-            let sql = upsert_sql(grain.table(), chunk.len(), '$');
+            let sql = upsert_sql(table.name(), chunk.len(), '$');
             let mut q = sqlx::query(&sql);
             for (k, v) in chunk {
                 q = q
@@ -270,18 +370,15 @@ pub async fn record(conn: &mut AnyConnection, calls: &[CallRecord]) -> Result<()
 /// The same on the SQLite writer's own connection, inside its transaction:
 /// one cached single-row statement per table, executed once per key.
 pub fn record_sqlite(conn: &rusqlite::Connection, calls: &[CallRecord]) -> Result<()> {
-    static SQL: OnceLock<[String; 2]> = OnceLock::new();
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let sql = SQL.get_or_init(|| {
-        [
-            upsert_sql(Grain::Minute.table(), 1, '?'),
-            upsert_sql(Grain::Hour.table(), 1, '?'),
-        ]
+        Table::ALL
+            .iter()
+            .map(|t| upsert_sql(t.name(), 1, '?'))
+            .collect()
     });
     for (k, v) in aggregate(calls) {
-        let mut stmt = conn.prepare_cached(match k.grain {
-            Grain::Minute => &sql[0],
-            Grain::Hour => &sql[1],
-        })?;
+        let mut stmt = conn.prepare_cached(&sql[k.table as usize])?;
         let texts = [
             k.namespace_id,
             k.environment,
@@ -350,29 +447,76 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_becomes_one_row_per_key_and_grain() {
+    fn a_batch_becomes_one_row_per_key_and_table() {
+        let mut other_key = call(62_000, 200, 100);
+        other_key.key_id = "k2".into();
+        other_key.seller_namespace_id = Some("seller".into());
         let calls = vec![
             call(60_000, 200, 100),
             call(61_000, 200, 5_000),
             call(125_000, 200, 100),
             call(61_500, 502, 100),
+            other_key,
         ];
         let rows = aggregate(&calls);
-        // minute 1 (2xx), hour 0 (2xx), minute 2 (2xx), minute 1 (5xx), hour 0 (5xx)
-        assert_eq!(rows.len(), 5);
-        let hour_ok = rows
+        let count = |t: Table| rows.iter().filter(|(k, _)| k.table == t).count();
+        // minute 1 (2xx k, 5xx k, 2xx k2), minute 2 (2xx k)
+        assert_eq!(count(Table::Minute), 4);
+        // 2xx k, 5xx k, 2xx k2 in the hour and in the day
+        assert_eq!(count(Table::Hour), 3);
+        assert_eq!(count(Table::Day), 3);
+        // the key is not kept: 2xx and 5xx
+        assert_eq!(count(Table::ApiHour), 2);
+        assert_eq!(count(Table::ApiDay), 2);
+        // only the call to the seller's API, keyed by the seller
+        assert_eq!(count(Table::ServedHour), 1);
+        let served = rows
             .iter()
-            .find(|(k, _)| k.grain == Grain::Hour && k.status_class == "2xx")
+            .find(|(k, _)| k.table == Table::ServedDay)
             .unwrap();
-        assert_eq!(hour_ok.1.calls, 3);
-        assert_eq!(hour_ok.1.cost_micros, 30);
-        assert_eq!(hour_ok.1.hist.iter().sum::<i64>(), 3);
-        let errs: i64 = rows
+        assert_eq!((served.0.namespace_id, served.0.key_id), ("seller", ""));
+        assert_eq!(served.1.calls, 1);
+        let api_ok = rows
             .iter()
-            .filter(|(k, _)| k.grain == Grain::Minute)
-            .map(|(_, v)| v.errors)
-            .sum();
-        assert_eq!(errs, 1);
+            .find(|(k, _)| k.table == Table::ApiHour && k.status_class == "2xx")
+            .unwrap();
+        assert_eq!(api_ok.1.calls, 4);
+        assert_eq!(api_ok.1.cost_micros, 40);
+        assert_eq!(api_ok.1.hist.iter().sum::<i64>(), 4);
+        for t in Table::ALL {
+            let errs: i64 = rows
+                .iter()
+                .filter(|(k, _)| k.table == t)
+                .map(|(_, v)| v.errors)
+                .sum();
+            let want = i64::from(t.level() != Level::Served);
+            assert_eq!(errs, want, "{t:?}");
+        }
+        let mut sorted = rows.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(rows, sorted);
+    }
+
+    #[test]
+    fn queries_read_the_most_compact_table_that_keeps_their_columns() {
+        assert_eq!(
+            Table::pick(Grain::Hour, Level::Full, &["api"]),
+            Some(Table::ApiHour)
+        );
+        assert_eq!(
+            Table::pick(Grain::Day, Level::Full, &["api", "key_id"]),
+            Some(Table::Day)
+        );
+        assert_eq!(
+            Table::pick(Grain::Minute, Level::Full, &[]),
+            Some(Table::Minute)
+        );
+        assert_eq!(
+            Table::pick(Grain::Day, Level::Served, &["status_class"]),
+            Some(Table::ServedDay)
+        );
+        assert_eq!(Table::pick(Grain::Hour, Level::Served, &["key_id"]), None);
+        assert_eq!(Table::pick(Grain::Minute, Level::Served, &[]), None);
     }
 
     #[test]

@@ -66,15 +66,16 @@ impl FromRequest for CurrentAccount {
 /// What a role may do in its namespace (see docs/ARCHITECTURE.md, "Roles").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
-    /// See the namespace, its members and events. Every role.
+    /// See the namespace, its members, events, keys (never their secrets),
+    /// balances, usage and monitoring. Every role.
     Read,
     /// Rename the namespace, add, change and remove members.
     ManageNamespace,
     /// Grant or take away the owner role.
     ManageOwners,
-    /// Keys, monitoring, test mode.
+    /// Create, change and revoke keys; calls from the playground (test mode).
     Develop,
-    /// Credits and invoices.
+    /// Top-ups, subscriptions, alerts and statements.
     Billing,
 }
 

@@ -1,11 +1,13 @@
 //! The dashboard's first screen (D1–D3, D7) in one answer.
 //!
-//! Policy: everything here comes from the hour rollups (and, for seller
-//! revenue, the ledger's `revenue` entries through its `(namespace_id, kind,
-//! time)` index), never from raw events, so it stays fast at tens of millions
-//! of calls. "24h" and "48h" are the last 24 and 48 hour buckets, the running
-//! hour included; "all time" is what the hour rollups keep
-//! (`monitoring.hour_retention_days`, forever by default).
+//! Policy: everything here comes from the per-API rollups (a namespace's
+//! calls by API and status class; for a seller, the calls made to its APIs),
+//! never from raw events, so a refresh reads a few hundred rows at any volume
+//! (M6). "24h" and "48h" are the last 24 and 48 hour buckets, the running
+//! hour included; "all time" is what the day rollups keep
+//! (`monitoring.day_retention_days`, forever by default). A seller's revenue
+//! is what callers paid for calls to its APIs, which is what its `revenue`
+//! ledger entries credit (the platform fee is its own entry).
 
 use std::collections::BTreeMap;
 
@@ -65,7 +67,8 @@ fn last_24(rows: &[Grouped], since: i64) -> Agg {
     a
 }
 
-fn api_rows(groups: Vec<Grouped>) -> Vec<ApiUsageRow> {
+/// The API table; `seller` rows count what callers paid as revenue.
+fn api_rows(groups: Vec<Grouped>, seller: bool) -> Vec<ApiUsageRow> {
     let mut rows: Vec<ApiUsageRow> = groups
         .into_iter()
         .map(|g| ApiUsageRow {
@@ -76,7 +79,7 @@ fn api_rows(groups: Vec<Grouped>) -> Vec<ApiUsageRow> {
             successes: g.agg.calls - g.agg.errors,
             errors: g.agg.errors,
             cost_micros: g.agg.cost_micros,
-            revenue_micros: 0,
+            revenue_micros: if seller { g.agg.cost_micros } else { 0 },
         })
         .collect();
     rows.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.api.cmp(&b.api)));
@@ -128,7 +131,7 @@ pub async fn summary(
     .await?;
     let by_api = mon::aggregate(
         &mut conn,
-        Grain::Hour,
+        Grain::Day,
         &own,
         env,
         None,
@@ -158,7 +161,7 @@ pub async fn summary(
     let (seller, served_hourly, served_apis) = if owned.is_empty() {
         (None, Vec::new(), Vec::new())
     } else {
-        let served = Scope::Apis(&owned);
+        let served = Scope::Served(member.namespace_id());
         let week = mon::aggregate(
             &mut conn,
             Grain::Hour,
@@ -172,7 +175,7 @@ pub async fn summary(
         .await?;
         let served_by_api = mon::aggregate(
             &mut conn,
-            Grain::Hour,
+            Grain::Day,
             &served,
             env,
             None,
@@ -183,19 +186,20 @@ pub async fn summary(
         .await?;
         let sday = last_24(&week, day_ago);
         let sweek = last_24(&week, i64::MIN);
-        let ns_id = member.namespace_id();
-        let revenue_24h = mon::revenue(&mut conn, ns_id, env, now - 86_400_000, now + 1).await?;
-        let revenue_7d = mon::revenue(&mut conn, ns_id, env, now - 7 * 86_400_000, now + 1).await?;
         let kpis = SellerKpis {
             calls_served_24h: sday.calls,
             errors_24h: sday.errors,
             success_rate_24h: rate(sday.calls, sday.errors),
-            revenue_24h_micros: revenue_24h,
+            revenue_24h_micros: sday.cost_micros,
             calls_served_7d: sweek.calls,
-            revenue_7d_micros: revenue_7d,
+            revenue_7d_micros: sweek.cost_micros,
         };
         let recent: Vec<Grouped> = week.into_iter().filter(|g| g.time >= first).collect();
-        (Some(kpis), bars(&recent, first), api_rows(served_by_api))
+        (
+            Some(kpis),
+            bars(&recent, first),
+            api_rows(served_by_api, true),
+        )
     };
     drop(conn);
 
@@ -209,7 +213,7 @@ pub async fn summary(
         consumer,
         seller,
         hourly: bars(&hourly, first),
-        apis: api_rows(by_api),
+        apis: api_rows(by_api, false),
         served_hourly,
         served_apis,
         uptime_secs: state.uptime_seconds(),

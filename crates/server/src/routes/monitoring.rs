@@ -201,10 +201,10 @@ pub async fn series(
         )));
     }
     let f = filter(&q)?;
-    let grain = if bucket == Bucket::Minute {
-        Grain::Minute
-    } else {
-        Grain::Hour
+    let grain = match bucket {
+        Bucket::Minute => Grain::Minute,
+        Bucket::Hour => Grain::Hour,
+        Bucket::Day => Grain::Day,
     };
     let environment = q.environment.unwrap_or_default();
     let ns = [member.namespace_id().to_owned()];
@@ -287,8 +287,10 @@ pub async fn breakdown(
     let (from, to) = (from.unwrap_or(now), to.unwrap_or(now));
     let grain = if to - from <= SIX_HOURS_MS {
         Grain::Minute
-    } else {
+    } else if to - from <= 7 * 86_400_000 {
         Grain::Hour
+    } else {
+        Grain::Day
     };
     let (from_a, to_a) = (floor(from, grain.millis()), ceil(to, grain.millis()));
     let f = filter(&q)?;

@@ -22,6 +22,7 @@ backend_tests!(
     the_dashboard_reports_kpis_bars_and_api_rows_from_rollups,
     another_namespace_sees_nothing_and_namespace_breakdowns_stay_within_the_account,
     bad_filters_are_400_json_errors,
+    retention_deletes_what_is_older_than_each_tables_cutoff,
 );
 
 fn ns(user: &User, rest: &str) -> String {
@@ -205,21 +206,30 @@ async fn rollup_totals_equal_raw_events_for_random_gateway_traffic(backend: Back
         raw.values().map(|s| s.errors).sum::<i64>() > 0,
         "some calls were refused"
     );
-    for table in ["usage_rollup_minute", "usage_rollup_hour"] {
-        for group in ["key_id", "api", "endpoint", "request_type"] {
+    for table in [
+        "usage_rollup_minute",
+        "usage_rollup_hour",
+        "usage_rollup_day",
+    ] {
+        for group in ["key_id", "api", "endpoint", "request_type", "client_id"] {
             let rolled = rollup_sums(&app, table, &user.namespace_id, group).await;
             let raw = raw_sums(&app, &user.namespace_id, group).await;
             assert_eq!(rolled, raw, "{table} by {group}");
         }
-        let rolled = rollup_sums(&app, table, &user.namespace_id, "client_id").await;
-        let raw = raw_sums(&app, &user.namespace_id, "client_id").await;
-        assert_eq!(rolled, raw, "{table} by client_id");
+    }
+    // The per-API tables keep the API and status class only.
+    for table in ["usage_rollup_api_hour", "usage_rollup_api_day"] {
+        for group in ["api", "namespace_id", "environment"] {
+            let rolled = rollup_sums(&app, table, &user.namespace_id, group).await;
+            let raw = raw_sums(&app, &user.namespace_id, group).await;
+            assert_eq!(rolled, raw, "{table} by {group}");
+        }
     }
 
-    // The API reports the same totals.
+    // The API reports the same totals, whichever table answers.
     let total = raw_sums(&app, &user.namespace_id, "namespace_id").await;
     let total = total.values().next().unwrap();
-    for range in ["1h", "24h", "7d"] {
+    for range in ["1h", "24h", "7d", "30d", "90d"] {
         let s: Series = json(
             app.get(
                 &ns(
@@ -239,24 +249,38 @@ async fn rollup_totals_equal_raw_events_for_random_gateway_traffic(backend: Back
         assert_eq!(s.totals.tokens_out, total.tokens_out, "{range}");
         assert_eq!(s.points.iter().map(|p| p.calls).sum::<i64>(), total.calls);
     }
-    let b: Breakdown = json(
-        app.get(
-            &ns(&user, "/monitoring/breakdown?by=key&range=1h"),
-            Some(&user.token),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
-    let by_key = raw_sums(&app, &user.namespace_id, "key_id").await;
-    assert_eq!(b.rows.len(), by_key.len());
-    for row in &b.rows {
-        let raw = &by_key[&row.key];
-        assert_eq!(
-            (row.calls, row.errors, row.cost_micros),
-            (raw.calls, raw.errors, raw.cost)
-        );
-        assert!(row.label.is_some(), "keys are labelled with their names");
+    for range in ["1h", "24h", "30d"] {
+        for (by, column) in [
+            ("key", "key_id"),
+            ("api", "api"),
+            ("client_id", "client_id"),
+        ] {
+            let b: Breakdown = json(
+                app.get(
+                    &ns(
+                        &user,
+                        &format!("/monitoring/breakdown?by={by}&range={range}"),
+                    ),
+                    Some(&user.token),
+                )
+                .await,
+                StatusCode::OK,
+            )
+            .await;
+            let raw = raw_sums(&app, &user.namespace_id, column).await;
+            assert_eq!(b.rows.len(), raw.len(), "{by} over {range}");
+            for row in &b.rows {
+                let raw = &raw[&row.key];
+                assert_eq!(
+                    (row.calls, row.errors, row.cost_micros),
+                    (raw.calls, raw.errors, raw.cost),
+                    "{by} over {range}"
+                );
+                if by == "key" {
+                    assert!(row.label.is_some(), "keys are labelled with their names");
+                }
+            }
+        }
     }
     let sc: Breakdown = json(
         app.get(
@@ -275,7 +299,8 @@ async fn rollup_totals_equal_raw_events_for_random_gateway_traffic(backend: Back
         .sum();
     assert_eq!(errs, total.errors);
     // Filters narrow the rollups like they narrow the raw events.
-    let one = b.rows[0].key.clone();
+    let by_key = raw_sums(&app, &user.namespace_id, "key_id").await;
+    let one = by_key.keys().next().unwrap().clone();
     let s: Series = json(
         app.get(
             &ns(
@@ -801,4 +826,76 @@ async fn bad_filters_are_400_json_errors(backend: Backend) {
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{q}");
         assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
     }
+}
+
+async fn count_rows(app: &TestApp, table: &str, namespace_id: &str) -> i64 {
+    let mut conn = app.store.conn().await.unwrap();
+    let column = if table == "usage_events" {
+        "id"
+    } else {
+        "calls"
+    };
+    sqlx::query(&format!(
+        "SELECT CAST(COUNT({column}) AS BIGINT) AS n FROM {table} WHERE namespace_id = $1"
+    ))
+    .bind(namespace_id)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+    .try_get("n")
+    .unwrap()
+}
+
+async fn retention_deletes_what_is_older_than_each_tables_cutoff(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let user = app.signup("dev").await;
+    let seller = app.signup("seller").await;
+    let day = 86_400_000;
+    let now = tally_store::now_ms();
+    // One call 40 days ago, one 3 days ago and one now, each to the seller's API.
+    let records: Vec<CallRecord> = [now - 40 * day, now - 3 * day, now]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| CallRecord {
+            seller_namespace_id: Some(seller.namespace_id.clone()),
+            ..record(&user.namespace_id, i + 1, *t, 1_000)
+        })
+        .collect();
+    write(&app, &records).await;
+    let tables = [
+        ("usage_events", &user.namespace_id),
+        ("usage_rollup_minute", &user.namespace_id),
+        ("usage_rollup_hour", &user.namespace_id),
+        ("usage_rollup_day", &user.namespace_id),
+        ("usage_rollup_api_hour", &user.namespace_id),
+        ("usage_rollup_api_day", &user.namespace_id),
+        ("usage_rollup_served_hour", &seller.namespace_id),
+        ("usage_rollup_served_day", &seller.namespace_id),
+    ];
+    for (t, owner) in tables {
+        assert_eq!(count_rows(&app, t, owner).await, 3, "{t} before");
+    }
+    // Keep raw events 60 days, minutes 1, hours 30 and days 35: only what
+    // is older than a table's cutoff goes.
+    let settings = tally_server::config::MonitoringSettings {
+        raw_retention_days: 60,
+        minute_retention_days: 1,
+        hour_retention_days: 30,
+        day_retention_days: 35,
+        prune_interval_secs: 3_600,
+    };
+    let deleted = tally_server::monitoring::prune_once(&app.store, &settings)
+        .await
+        .unwrap();
+    // Minutes: two; hours and days: the oldest call in each of three tables.
+    assert_eq!(deleted, 2 + 3 + 3);
+    let want = [3, 1, 2, 2, 2, 2, 2, 2];
+    for ((t, owner), want) in tables.into_iter().zip(want) {
+        assert_eq!(count_rows(&app, t, owner).await, want, "{t} after");
+    }
+    // Defaults keep everything but minutes older than 14 days: nothing here.
+    let kept = tally_server::monitoring::prune_once(&app.store, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
 }

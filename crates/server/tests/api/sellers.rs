@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use reqwest::StatusCode;
 use serde_json::json;
-use tally_common::{BannerList, CreatedKey, Environment, ErrorCode};
+use tally_common::{
+    BannerList, CreatedKey, DashboardRole, DashboardSummary, Environment, ErrorCode,
+};
 
 use crate::billing::{assert_ledger_consistent, balance, billing_app, events_of_kind, ledger, ns};
 use crate::helpers::{add_api, assert_error, backend_tests, grant, json, Backend, TestApp, User};
@@ -236,6 +238,53 @@ async fn a_sellers_api_pays_the_seller_less_the_fee_and_pauses_below_the_critica
         balance(&app, &seller, Environment::Test).await,
         seller_test + 90_000
     );
+
+    // The dashboards (D1, D3): the seller sees the calls its API served
+    // (the two paused ones as errors) and what callers paid for them, per
+    // API; its own spending stays in its consumer figures.
+    let d = dashboard(&app, &seller, "live").await;
+    assert_eq!(d.role, DashboardRole::Seller);
+    let k = d.seller.expect("seller figures");
+    assert_eq!((k.calls_served_24h, k.errors_24h), (7, 2));
+    assert_eq!((k.calls_served_7d, k.revenue_7d_micros), (7, 500_000));
+    assert_eq!(k.revenue_24h_micros, 500_000);
+    assert_eq!(d.served_apis.len(), 1);
+    let row = &d.served_apis[0];
+    assert_eq!(row.api, "sold");
+    assert_eq!((row.calls, row.successes, row.errors), (7, 5, 2));
+    assert_eq!(row.revenue_micros, 500_000);
+    assert_eq!(d.served_hourly.iter().map(|b| b.successes).sum::<i64>(), 5);
+    assert_eq!(
+        (d.consumer.calls_24h, d.consumer.spent_24h_micros),
+        (2, 2_000_000)
+    );
+    assert_eq!(d.apis.len(), 1);
+    assert_eq!(d.apis[0].api, "platform");
+    let test = dashboard(&app, &seller, "test").await.seller.unwrap();
+    assert_eq!(
+        (test.calls_served_24h, test.revenue_24h_micros),
+        (1, 100_000)
+    );
+    // The buyer is a consumer only: its calls, by API, at what it paid.
+    let d = dashboard(&app, &buyer, "live").await;
+    assert_eq!(d.role, DashboardRole::Consumer);
+    assert!(d.seller.is_none() && d.served_apis.is_empty());
+    assert_eq!((d.consumer.calls_24h, d.consumer.errors_24h), (7, 2));
+    assert_eq!(d.consumer.spent_total_micros, 500_000);
+    assert_eq!(d.apis[0].cost_micros, 500_000);
+    assert_eq!(d.apis[0].revenue_micros, 0);
+}
+
+async fn dashboard(app: &TestApp, user: &User, env: &str) -> DashboardSummary {
+    json(
+        app.get(
+            &ns(user, &format!("/dashboard?environment={env}")),
+            Some(&user.token),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn concurrent_calls_credit_the_seller_exactly_once_per_paid_call(backend: Backend) {
