@@ -96,7 +96,7 @@ test('a key made in the dashboard calls the gateway with the OpenAI SDK; the Pla
   // With calls recorded, the dashboard no longer says the namespace has no traffic (D6);
   // the live environment still has none.
   await sidebar(page, 'Dashboard').click();
-  await expect(page.getByTestId('balance-summary')).toBeVisible();
+  await expect(page.getByTestId('kpi-balance')).toBeVisible();
   await expect(page.getByTestId('empty-state')).toHaveCount(0);
   await page.getByTestId('env-live').click();
   await expect(page.getByTestId('empty-state')).toBeVisible();

@@ -1,5 +1,5 @@
 //! The first screen: KPI cards by role (D1), the 48-hour call-rate chart (D2),
-//! the all-time API table (D3), the balance, the empty state of a namespace
+//! the all-time API table (D3), the empty state of a namespace
 //! without traffic (D6) and the event log (D4), refreshed in place every 30
 //! seconds (D8).
 //!
@@ -17,7 +17,6 @@ use tally_common::{
 use crate::api;
 use crate::components::charts::{count_label, Bar, ChartSeries, StackedBars};
 use crate::components::{credits_label, millis, short_time, use_refresh_tick, Loaded};
-use crate::pages::credits::{balances_resource, CurrentBalance};
 use crate::state::use_app;
 
 type Summary = LocalResource<Result<DashboardSummary, api::ApiError>>;
@@ -51,7 +50,6 @@ pub fn Dashboard() -> impl IntoView {
         <Kpis summary />
         <CallRate summary />
         <ApiTable summary />
-        <BalanceSummary />
         <EventLog />
     }
 }
@@ -124,6 +122,7 @@ fn Kpis(summary: Summary) -> impl IntoView {
                     view! { {consumer} {seller} }.into_any()
                 }
             } />
+            <p class="muted"><A href="/credits">"Credits: held by calls in flight, ledger, test credits →"</A></p>
         </section>
     }
 }
@@ -259,21 +258,6 @@ fn EmptyState() -> impl IntoView {
                 </div>
             </section>
         </Show>
-    }
-}
-
-/// The current environment's credits at a glance, linking to the Credits page.
-#[component]
-fn BalanceSummary() -> impl IntoView {
-    let balances = balances_resource(RwSignal::new(0));
-    view! {
-        <section class="panel" data-testid="balance-summary">
-            <div class="page-head" style="margin-bottom:12px">
-                <h2 style="margin:0">"Credits"</h2>
-                <A href="/credits">"Ledger and test credits →"</A>
-            </div>
-            <CurrentBalance balances />
-        </section>
     }
 }
 
