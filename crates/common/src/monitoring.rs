@@ -1,7 +1,7 @@
 //! Monitoring (M1–M5) and the dashboard summary (D1–D3, D7).
 //!
-//! Policy: charts, breakdowns and the dashboard are answered from the per-minute
-//! and per-hour rollups, never from raw events; the request log and the export
+//! Policy: charts, breakdowns and the dashboard are answered from the minute,
+//! hour and day rollups, never from raw events; the request log and the export
 //! read raw events a page at a time. Times on the wire are RFC 3339 UTC strings,
 //! money is integer micro-credits, latencies are integer microseconds.
 //! Percentiles come from mergeable log-scale histograms, so they are exact to
