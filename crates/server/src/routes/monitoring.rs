@@ -24,6 +24,7 @@ use utoipa::IntoParams;
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::rfc3339;
+use crate::routes::statements::csv_text;
 use crate::routes::usage::to_event;
 use crate::state::AppState;
 
@@ -497,19 +498,6 @@ pub struct ExportParams {
 
 const CSV_HEADER: &str = "id,time,environment,key_id,api,model,endpoint,request_type,status,\
 error,latency_us,upstream_latency_us,tokens_in,tokens_out,cost_micros,client_id\n";
-
-fn csv_text(s: &str) -> String {
-    let guarded = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_owned()
-    };
-    if guarded.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", guarded.replace('"', "\"\""))
-    } else {
-        guarded
-    }
-}
 
 fn csv_row(out: &mut String, e: &UsageEvent) {
     use std::fmt::Write;

@@ -139,7 +139,9 @@ async fn summary(
     Ok(s)
 }
 
-fn csv_text(s: &str) -> String {
+/// A CSV field: quoted when it needs to be, and defused when a spreadsheet
+/// would read it as a formula.
+pub(crate) fn csv_text(s: &str) -> String {
     let guarded = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
