@@ -328,25 +328,6 @@ pub async fn aggregate(
     Ok(out)
 }
 
-/// Catalog APIs a namespace owns (the `owner` of their configuration).
-pub async fn owned_apis(conn: &mut AnyConnection, namespace_id: &str) -> Result<Vec<String>> {
-    let rows = crate::catalog::list(conn).await?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| {
-            serde_json::from_str::<serde_json::Value>(&r.config)
-                .ok()
-                .and_then(|v| {
-                    ["owner_namespace_id", "owner"]
-                        .iter()
-                        .find_map(|k| v.get(*k).and_then(|o| o.as_str()).map(str::to_owned))
-                })
-                .is_some_and(|o| o == namespace_id)
-        })
-        .map(|r| r.slug)
-        .collect())
-}
-
 /// Labels for breakdown rows: key names and namespace names by id.
 pub async fn names(
     conn: &mut AnyConnection,

@@ -742,6 +742,14 @@ impl Gateway {
         Ok(balance < self.settings.seller_critical_balance_micros)
     }
 
+    /// Whether `namespace_id` owns an API of the catalog (C8): a seller.
+    pub fn is_seller(&self, namespace_id: &str) -> bool {
+        self.catalog()
+            .apis
+            .iter()
+            .any(|a| a.config.owner_namespace_id.as_deref() == Some(namespace_id))
+    }
+
     /// The namespaces that own an API of the catalog.
     pub fn sellers(&self) -> Vec<String> {
         let mut out: Vec<String> = self

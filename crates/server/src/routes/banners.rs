@@ -46,7 +46,7 @@ pub async fn list(
     let env = query.environment.unwrap_or(Environment::Test);
     let mut items = Vec::new();
     let gateway = &state.gateway;
-    if gateway.sellers().iter().any(|s| s == ns) && gateway.seller_paused(ns).await? {
+    if gateway.is_seller(ns) && gateway.seller_paused(ns).await? {
         items.push(Banner {
             kind: "serving_paused".into(),
             severity: Severity::Error,

@@ -43,7 +43,8 @@ fn rate(calls: i64, errors: i64) -> f64 {
     }
 }
 
-/// 48 bars ending with the running hour, zero-filled.
+/// 48 bars ending with the running hour, zero-filled (rows of other hours
+/// are left out).
 fn bars(rows: &[Grouped], first: i64) -> Vec<HourlyBar> {
     let by_time: BTreeMap<i64, &Agg> = rows.iter().map(|g| (g.time, &g.agg)).collect();
     (0..48)
@@ -59,12 +60,47 @@ fn bars(rows: &[Grouped], first: i64) -> Vec<HourlyBar> {
         .collect()
 }
 
-fn last_24(rows: &[Grouped], since: i64) -> Agg {
+/// The sum of the rows from `since` on.
+fn sum_since(rows: &[Grouped], since: i64) -> Agg {
     let mut a = Agg::default();
     for g in rows.iter().filter(|g| g.time >= since) {
         a.merge(&g.agg);
     }
     a
+}
+
+/// A scope's hourly sums from `since` to `to`, and its all-time sums by API.
+async fn hours_and_apis(
+    conn: &mut tally_store::AnyConnection,
+    scope: &Scope<'_>,
+    env: Environment,
+    since: i64,
+    to: i64,
+) -> tally_store::Result<(Vec<Grouped>, Vec<Grouped>)> {
+    let all = Filter::default();
+    let hourly = mon::aggregate(
+        conn,
+        Grain::Hour,
+        scope,
+        env,
+        Some(since),
+        Some(to),
+        &all,
+        Group::Time(HOUR_MS),
+    )
+    .await?;
+    let by_api = mon::aggregate(
+        conn,
+        Grain::Day,
+        scope,
+        env,
+        None,
+        None,
+        &all,
+        Group::Column("api"),
+    )
+    .await?;
+    Ok((hourly, by_api))
 }
 
 /// The API table; `seller` rows count what callers paid as revenue.
@@ -114,38 +150,13 @@ pub async fn summary(
     let day_ago = hour - 23 * HOUR_MS;
     let to = hour + HOUR_MS;
     let ns = [member.namespace_id().to_owned()];
-    let all = Filter::default();
     let mut conn = state.store.conn().await?;
 
-    let own = Scope::Namespaces(&ns);
-    let hourly = mon::aggregate(
-        &mut conn,
-        Grain::Hour,
-        &own,
-        env,
-        Some(first),
-        Some(to),
-        &all,
-        Group::Time(HOUR_MS),
-    )
-    .await?;
-    let by_api = mon::aggregate(
-        &mut conn,
-        Grain::Day,
-        &own,
-        env,
-        None,
-        None,
-        &all,
-        Group::Column("api"),
-    )
-    .await?;
+    let (hourly, by_api) =
+        hours_and_apis(&mut conn, &Scope::Namespaces(&ns), env, first, to).await?;
     let balance = tally_store::ledger::balance(&mut conn, member.namespace_id(), env).await?;
-    let day = last_24(&hourly, day_ago);
-    let mut total = Agg::default();
-    for g in &by_api {
-        total.merge(&g.agg);
-    }
+    let day = sum_since(&hourly, day_ago);
+    let total = sum_since(&by_api, i64::MIN);
     let consumer = ConsumerKpis {
         balance_micros: balance,
         calls_24h: day.calls,
@@ -157,35 +168,12 @@ pub async fn summary(
         spent_total_micros: total.cost_micros,
     };
 
-    let owned = mon::owned_apis(&mut conn, member.namespace_id()).await?;
-    let (seller, served_hourly, served_apis) = if owned.is_empty() {
-        (None, Vec::new(), Vec::new())
-    } else {
+    let (seller, served_hourly, served_apis) = if state.gateway.is_seller(member.namespace_id()) {
         let served = Scope::Served(member.namespace_id());
-        let week = mon::aggregate(
-            &mut conn,
-            Grain::Hour,
-            &served,
-            env,
-            Some(hour - 167 * HOUR_MS),
-            Some(to),
-            &all,
-            Group::Time(HOUR_MS),
-        )
-        .await?;
-        let served_by_api = mon::aggregate(
-            &mut conn,
-            Grain::Day,
-            &served,
-            env,
-            None,
-            None,
-            &all,
-            Group::Column("api"),
-        )
-        .await?;
-        let sday = last_24(&week, day_ago);
-        let sweek = last_24(&week, i64::MIN);
+        let (week, served_by_api) =
+            hours_and_apis(&mut conn, &served, env, hour - 167 * HOUR_MS, to).await?;
+        let sday = sum_since(&week, day_ago);
+        let sweek = sum_since(&week, i64::MIN);
         let kpis = SellerKpis {
             calls_served_24h: sday.calls,
             errors_24h: sday.errors,
@@ -194,12 +182,13 @@ pub async fn summary(
             calls_served_7d: sweek.calls,
             revenue_7d_micros: sweek.cost_micros,
         };
-        let recent: Vec<Grouped> = week.into_iter().filter(|g| g.time >= first).collect();
         (
             Some(kpis),
-            bars(&recent, first),
+            bars(&week, first),
             api_rows(served_by_api, true),
         )
+    } else {
+        (None, Vec::new(), Vec::new())
     };
     drop(conn);
 
