@@ -99,6 +99,49 @@ fn y_axis(width: f64, max: f64, step: f64, format: Format) -> impl IntoView {
         .collect_view()
 }
 
+/// A chart's width in SVG units and its y scale.
+struct Scale {
+    width: f64,
+    max: f64,
+    step: f64,
+    format: Format,
+}
+
+/// What every chart draws around its plot: the figure, the y axis and the
+/// baseline, the legend and the hover tooltip line.
+fn frame(
+    label: String,
+    scale: Scale,
+    series: Vec<ChartSeries>,
+    hover: RwSignal<Option<String>>,
+    plot: impl IntoView,
+) -> impl IntoView {
+    let Scale {
+        width,
+        max,
+        step,
+        format,
+    } = scale;
+    let base = HEIGHT - BOTTOM;
+    let aria = label.clone();
+    view! {
+        <figure class="chart" aria-label=aria>
+            <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
+                <title>{label}</title>
+                {y_axis(width, max, step, format)}
+                <line x1=LEFT x2={width - RIGHT} y1=base y2=base class="axis" />
+                {plot}
+            </svg>
+            <figcaption>
+                <Legend series />
+                <span class="tooltip" data-testid="chart-tooltip">
+                    {move || hover.get().unwrap_or_default()}
+                </span>
+            </figcaption>
+        </figure>
+    }
+}
+
 #[component]
 fn Legend(series: Vec<ChartSeries>) -> impl IntoView {
     view! {
@@ -184,23 +227,13 @@ pub fn StackedBars(
             }
         })
         .collect_view();
-    let aria = label.clone();
-    view! {
-        <figure class="chart" aria-label=aria>
-            <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
-                <title>{label}</title>
-                {y_axis(width, max, step, format)}
-                <line x1=LEFT x2={width - RIGHT} y1={TOP + plot_h} y2={TOP + plot_h} class="axis" />
-                {drawn}
-            </svg>
-            <figcaption>
-                <Legend series />
-                <span class="tooltip" data-testid="chart-tooltip">
-                    {move || hover.get().unwrap_or_default()}
-                </span>
-            </figcaption>
-        </figure>
-    }
+    let scale = Scale {
+        width,
+        max,
+        step,
+        format,
+    };
+    frame(label, scale, series, hover, drawn)
 }
 
 /// Lines over time slots, one per series, with a hover tooltip per slot that
@@ -292,22 +325,13 @@ pub fn LineChart(
             }
         })
         .collect_view();
-    let aria = label.clone();
-    view! {
-        <figure class="chart" aria-label=aria>
-            <svg viewBox=format!("0 0 {width} {HEIGHT}") role="img">
-                <title>{label}</title>
-                {y_axis(width, max, step, format)}
-                <line x1=LEFT x2={width - RIGHT} y1={TOP + plot_h} y2={TOP + plot_h} class="axis" />
-                {lines}
-                {slots}
-            </svg>
-            <figcaption>
-                <Legend series />
-                <span class="tooltip">{move || hover.get().unwrap_or_default()}</span>
-            </figcaption>
-        </figure>
-    }
+    let scale = Scale {
+        width,
+        max,
+        step,
+        format,
+    };
+    frame(label, scale, series, hover, (lines, slots))
 }
 
 #[cfg(test)]
