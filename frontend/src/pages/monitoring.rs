@@ -53,7 +53,7 @@ pub fn Monitoring() -> impl IntoView {
             <div>
                 <h1>"Monitoring"</h1>
                 <span class="muted">
-                    {move || format!("{} calls, from the server's per-minute and hourly rollups", app.environment.get())}
+                    {move || format!("{} calls, from the server's rollups", app.environment.get())}
                 </span>
             </div>
             <Exports query />
@@ -246,16 +246,23 @@ fn x_label(s: &Series, i: usize, p: &SeriesPoint) -> String {
     }
 }
 
+/// At most two decimals, without trailing zeros: axis steps such as 0.25 and
+/// 0.75 keep their value (one decimal drew them as 0.2 and 0.8).
+fn short_number(v: f64) -> String {
+    let text = format!("{v:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 fn ms(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0} ms")
     } else {
-        format!("{v:.1} ms")
+        format!("{} ms", short_number(v))
     }
 }
 
 fn pct(v: f64) -> String {
-    format!("{v:.1}%")
+    format!("{}%", short_number(v))
 }
 
 /// Credits on an axis: the exact micro-credit formatting without trailing zeros.
@@ -655,5 +662,21 @@ fn RequestLog(query: Memo<MonitoringQuery>) -> impl IntoView {
                 <span class="muted">{move || format!("Page {}", cursors.with(Vec::len))}</span>
             </div>
         </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_keep_quarter_steps() {
+        assert_eq!(pct(0.25), "0.25%");
+        assert_eq!(pct(0.75), "0.75%");
+        assert_eq!(pct(0.0), "0%");
+        assert_eq!(pct(12.5), "12.5%");
+        assert_eq!(ms(0.75), "0.75 ms");
+        assert_eq!(ms(2.0), "2 ms");
+        assert_eq!(ms(250.4), "250 ms");
     }
 }
