@@ -20,6 +20,20 @@ pub enum Protocol {
     Http,
 }
 
+/// The request field that limits a chat call's output. The gateway writes it
+/// in when a request sets no limit, so the upstream cannot produce more than
+/// the call's hold assumed: `max_tokens` (the default, understood by most
+/// OpenAI-compatible servers) or `max_completion_tokens` (required by
+/// OpenAI's reasoning models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OutputLimitParam {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
 /// What a call costs, in micro-credits (1 credit = 1,000,000). Every part is
 /// added: a chat call pays `per_request + input/1000 * per_1k_input +
 /// output/1000 * per_1k_output + seconds * per_compute_second`, rounded up.
@@ -31,7 +45,9 @@ pub struct Pricing {
     pub per_1k_input_tokens_micros: i64,
     pub per_1k_output_tokens_micros: i64,
     pub per_compute_second_micros: i64,
-    /// Output tokens assumed for the hold when a request sets no `max_tokens`.
+    /// The output limit written into a request that sets no `max_tokens`
+    /// (and so the most it can be billed for per choice); 0 means 4096. For
+    /// a plain HTTP API priced per output token, the most one call is billed.
     pub default_max_output_tokens: u32,
 }
 
@@ -77,6 +93,9 @@ pub struct CatalogApiConfig {
     pub test_upstreams: Vec<Upstream>,
     #[serde(default)]
     pub pricing: Pricing,
+    /// Which field limits a chat call's output (see [`OutputLimitParam`]).
+    #[serde(default)]
+    pub output_limit_param: OutputLimitParam,
     /// Whole-call timeout towards the upstream, 100 to 600,000 ms (default 60,000).
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
@@ -126,6 +145,7 @@ pub struct UpdateCatalogApi {
     pub upstreams: Option<Vec<Upstream>>,
     pub test_upstreams: Option<Vec<Upstream>>,
     pub pricing: Option<Pricing>,
+    pub output_limit_param: Option<OutputLimitParam>,
     pub timeout_ms: Option<u64>,
     pub health_path: Option<String>,
     pub enabled: Option<bool>,

@@ -161,10 +161,12 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) {
             .map(|j| make(&ns, j, start, step, &mut rng))
             .collect();
         match recorder.as_mut() {
-            Some(r) => r.record_calls(&batch).expect("record"),
+            Some(r) => r
+                .record_calls(&batch, tally_store::now_ms())
+                .expect("record"),
             None => {
                 let mut tx = store.begin().await.expect("begin");
-                tally_store::usage::record_calls(&mut tx, &batch)
+                tally_store::usage::record_calls(&mut tx, &batch, tally_store::now_ms())
                     .await
                     .expect("record");
                 tx.commit().await.expect("commit");

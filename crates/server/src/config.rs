@@ -114,6 +114,17 @@ pub struct GatewaySettings {
     /// A seller whose live balance is below this (micro-credits) has the live
     /// serving of its APIs paused until it tops up (C8).
     pub seller_critical_balance_micros: i64,
+    /// Longest a streamed call may last from its start; the API's
+    /// `timeout_ms` bounds the wait for each chunk, this the whole stream
+    /// (and the compute time its hold covers).
+    pub stream_deadline_secs: u64,
+    /// A streaming client that does not take the next chunk within this long
+    /// counts as gone: the stream ends and what it received is billed.
+    pub stream_send_timeout_secs: u64,
+    /// Largest single server-sent event the gateway passes through.
+    pub max_event_bytes: usize,
+    /// Largest upstream answer of a call that is not streamed.
+    pub max_response_bytes: usize,
 }
 
 impl Default for GatewaySettings {
@@ -128,6 +139,10 @@ impl Default for GatewaySettings {
             health_interval_secs: 5,
             platform_fee_bps: 1000,
             seller_critical_balance_micros: 1_000_000,
+            stream_deadline_secs: 900,
+            stream_send_timeout_secs: 30,
+            max_event_bytes: 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }

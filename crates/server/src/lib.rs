@@ -1,4 +1,4 @@
-//! The Tally server: REST API, dashboard hosting and (later) the gateway.
+//! The Tally server: REST API, gateway and dashboard hosting.
 //!
 //! `Application::build` does everything `tally serve` does short of blocking:
 //! connect and migrate the database, load or create the signing secret, record
@@ -6,13 +6,13 @@
 //! the same way the binary does.
 
 pub mod auth;
-pub mod billing;
 pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod monitoring;
 pub mod openapi;
 pub mod routes;
+pub mod services;
 pub mod state;
 pub mod telemetry;
 pub mod upkeep;
@@ -109,15 +109,20 @@ impl Application {
             .await?;
         }
 
-        let gateway =
-            gateway::Gateway::new(store.clone(), settings.gateway.clone(), &settings.catalog)
-                .await
-                .context("cannot load the catalog")?;
+        let accounts = Arc::new(services::accounts::Accounts::new(store.clone()));
+        let gateway = gateway::Gateway::new(
+            store.clone(),
+            settings.gateway.clone(),
+            &settings.catalog,
+            accounts.clone(),
+        )
+        .await
+        .context("cannot load the catalog")?;
         gateway.start_background();
         monitoring::start_pruner(store.clone(), settings.monitoring.clone());
         let check_every =
             std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
-        billing::start_alert_checker(store.clone(), check_every);
+        services::billing::start_alert_checker(store.clone(), check_every);
         upkeep::start(store.clone(), gateway.clone(), check_every);
 
         let listener = TcpListener::bind(&settings.bind)
@@ -127,6 +132,7 @@ impl Application {
             store,
             tokens,
             passwords,
+            accounts,
             gateway,
             settings: Arc::new(settings),
             started_at: chrono::Utc::now(),

@@ -9,11 +9,14 @@ use tally_store::Store;
 use crate::auth::{Passwords, Tokens};
 use crate::config::Settings;
 use crate::gateway::Gateway;
+use crate::services::accounts::Accounts;
 
 pub struct AppState {
     pub store: Store,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    /// The in-memory balances (`services::accounts`), shared with the gateway.
+    pub accounts: Arc<Accounts>,
     pub gateway: Arc<Gateway>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,

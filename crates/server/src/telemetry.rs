@@ -32,6 +32,22 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(|id| id.clone()).ok()
 }
 
+/// Spawns `fut` as a task of its own that keeps the current request's id
+/// and tracing span, so its errors and logs still name the request. Used for
+/// work that must finish even when the client goes away.
+pub fn spawn_detached<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    let span = tracing::Span::current();
+    match current_request_id() {
+        Some(id) => tokio::spawn(REQUEST_ID.scope(id, fut).instrument(span)),
+        None => tokio::spawn(fut.instrument(span)),
+    }
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the level.
 /// Safe to call more than once (later calls do nothing).
 pub fn init_tracing(format: LogFormat) {

@@ -84,19 +84,13 @@ pub async fn add_to_balance(
     environment: Environment,
     delta: i64,
 ) -> Result<i64> {
-    let row = sqlx::query(
-        "INSERT INTO balances (namespace_id, environment, balance_micros, updated_at) \
-         VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (namespace_id, environment) \
-         DO UPDATE SET balance_micros = balances.balance_micros + $3, updated_at = $4 \
-         RETURNING balance_micros",
-    )
-    .bind(namespace_id)
-    .bind(environment.as_str())
-    .bind(delta)
-    .bind(now_ms())
-    .fetch_one(&mut *conn)
-    .await?;
+    let row = sqlx::query(crate::recording::ADD_TO_BALANCE)
+        .bind(namespace_id)
+        .bind(environment.as_str())
+        .bind(delta)
+        .bind(now_ms())
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(row.try_get("balance_micros")?)
 }
 

@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod monitoring;
 pub mod namespaces;
 pub mod recorder;
+pub mod recording;
 pub mod rollups;
 pub mod sellers;
 pub mod sessions;
@@ -84,6 +85,36 @@ pub enum StoreError {
     /// From the gateway writer's own SQLite connection ([`recorder`]).
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Whether the database refused the statement itself (a constraint, a
+    /// value it cannot store) rather than failing to run it (a lost
+    /// connection, a lock held too long): retrying the same rows fails again,
+    /// but the rows of a batch without the offending one can commit.
+    pub fn refused_rows(&self) -> bool {
+        match self {
+            StoreError::Conflict(_) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                // PostgreSQL: 40001 serialization failure, 40P01 deadlock,
+                // 55P03 lock not available; SQLite: busy and locked (with
+                // their extended codes). These are worth a retry as they are.
+                !matches!(
+                    db.code().as_deref(),
+                    Some("40001" | "40P01" | "55P03" | "5" | "6" | "261" | "262" | "517" | "773")
+                )
+            }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => !matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -6,9 +6,9 @@
 //!   each statement of an SQLite connection on a worker thread behind a
 //!   channel, and the `Any` driver converts every argument and row on the way;
 //!   for a batch of small inserts that costs more than SQLite itself. This
-//!   connection runs the same statements as [`crate::usage::record_calls`]
-//!   (which PostgreSQL keeps using) on the thread that owns it, one row at a
-//!   time through cached prepared statements, in one `BEGIN IMMEDIATE`
+//!   connection runs the statements of [`crate::recording::Plan`], the very
+//!   texts [`crate::usage::record_calls`] runs on PostgreSQL, on the thread
+//!   that owns it through cached prepared statements, in one `BEGIN IMMEDIATE`
 //!   transaction per batch. It links the same SQLite library as sqlx.
 //! - Durability is unchanged: `COMMIT` returns once the batch is in the WAL
 //!   file (WAL, `synchronous = NORMAL`), which survives the process being
@@ -30,29 +30,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 
-use crate::usage::{ledger_lines, settle, totals, CallRecord};
-use crate::{now_ms, Result};
+use crate::recording::{Param, Plan, Statement};
+use crate::usage::CallRecord;
+use crate::Result;
 
 /// WAL size (frames, about 4 KiB each) at which the writer checkpoints and
 /// restarts the WAL itself; see the module policy.
 pub const WAL_RESTART_FRAMES: u32 = 10_000;
 
-const INSERT_USAGE: &str = "INSERT INTO usage_events (id, time, namespace_id, environment, \
-     key_id, api, model, endpoint, request_type, status, error, latency_us, \
-     upstream_latency_us, tokens_in, tokens_out, cost_micros, client_id) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
-
-const ADD_TO_BALANCE: &str = "INSERT INTO balances (namespace_id, environment, balance_micros, \
-     updated_at) VALUES (?1, ?2, ?3, ?4) \
-     ON CONFLICT (namespace_id, environment) \
-     DO UPDATE SET balance_micros = balances.balance_micros + ?3, updated_at = ?4 \
-     RETURNING balance_micros";
-
-const INSERT_LEDGER: &str = "INSERT INTO ledger_entries (namespace_id, environment, time, kind, \
-     amount_micros, balance_after_micros, actor, reference, memo) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)";
+/// Prepared statements kept: one per distinct text (tables times row counts).
+const STATEMENT_CACHE: usize = 256;
 
 fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     // The connection lives on one thread: SQLite's own mutexes are not needed.
@@ -64,6 +53,7 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -82,14 +72,13 @@ impl SqliteRecorder {
         Ok(SqliteRecorder { conn })
     }
 
-    /// Same as [`crate::usage::record_calls`], in a transaction of its own:
-    /// usage rows, the ledger entries of every call with a cost (the caller's
-    /// and a seller's), one balance update per namespace and environment. Nothing is written unless
-    /// it all commits.
-    pub fn record_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+    /// Records a batch of (cleaned) calls in a transaction of its own: the
+    /// statements of [`Plan`], as [`crate::usage::record_calls`] runs them on
+    /// PostgreSQL. Nothing is written unless it all commits.
+    pub fn record_calls(&mut self, calls: &[CallRecord], now: i64) -> Result<()> {
         // BEGIN and COMMIT are cached statements too, not parsed per batch.
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let done = self.write(calls).and_then(|()| {
+        let done = self.write(calls, now).and_then(|()| {
             self.conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(())
         });
@@ -100,52 +89,32 @@ impl SqliteRecorder {
         done
     }
 
-    fn write(&self, calls: &[CallRecord]) -> Result<()> {
-        let mut usage = self.conn.prepare_cached(INSERT_USAGE)?;
-        for c in calls {
-            usage.execute(params![
-                c.id,
-                c.time,
-                c.namespace_id,
-                c.environment.as_str(),
-                c.key_id,
-                c.api,
-                c.model,
-                c.endpoint,
-                c.request_type,
-                c.status,
-                c.error,
-                c.latency_us,
-                c.upstream_latency_us,
-                c.tokens_in,
-                c.tokens_out,
-                c.cost_micros,
-                c.client_id,
-            ])?;
+    fn write(&self, calls: &[CallRecord], now: i64) -> Result<()> {
+        let mut plan = Plan::new(calls);
+        for s in plan.writes() {
+            self.bind(&s)?.raw_execute()?;
         }
-        crate::rollups::record_sqlite(&self.conn, calls)?;
-        let now = now_ms();
-        let mut lines = ledger_lines(calls);
-        let mut balance = self.conn.prepare_cached(ADD_TO_BALANCE)?;
-        let mut after = Vec::new();
-        for (ns, env, delta) in totals(&lines) {
-            let b: i64 = balance.query_row(params![ns, env.as_str(), delta, now], |r| r.get(0))?;
-            after.push((ns, env, b));
+        let mut balances = Vec::new();
+        for s in plan.balance_updates(now) {
+            let mut stmt = self.bind(&s)?;
+            let mut rows = stmt.raw_query();
+            let row = rows.next()?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            balances.push(row.get::<_, i64>(0)?);
         }
-        settle(&mut lines, &after);
-        let mut ledger = self.conn.prepare_cached(INSERT_LEDGER)?;
-        for l in &lines {
-            ledger.execute(params![
-                l.namespace_id,
-                l.environment.as_str(),
-                now,
-                l.kind,
-                l.amount,
-                l.balance_after,
-                l.actor,
-                l.reference,
-            ])?;
+        for s in plan.ledger(&balances, now) {
+            self.bind(&s)?.raw_execute()?;
         }
         Ok(())
+    }
+
+    fn bind(&self, s: &Statement<'_>) -> Result<rusqlite::CachedStatement<'_>> {
+        let mut stmt = self.conn.prepare_cached(&s.sql)?;
+        for (i, p) in s.params.iter().enumerate() {
+            match p {
+                Param::Int(v) => stmt.raw_bind_parameter(i + 1, v)?,
+                Param::Text(v) => stmt.raw_bind_parameter(i + 1, v)?,
+            }
+        }
+        Ok(stmt)
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Policy:
 //! - Rollups are written in the same transaction as the usage events they
-//!   count, by the gateway's writer ([`crate::recorder`] on SQLite,
-//!   [`crate::usage::record_calls`] on PostgreSQL), so a committed call is in
+//!   count, by the gateway's writer (the statements of [`crate::recording`]),
+//!   so a committed call is in
 //!   its rollups and the totals of the rollups always equal the raw events.
 //! - A batch is aggregated in memory first: one upsert per distinct rollup key
 //!   (table, bucket and dimensions) per batch, not one per call.
@@ -21,11 +21,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use sqlx::AnyConnection;
 use tally_common::{latency_bucket, StatusClass, LATENCY_BUCKETS};
 
 use crate::usage::CallRecord;
-use crate::Result;
 
 /// The width of a rollup table's buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -292,9 +290,8 @@ pub fn hist_sums() -> &'static str {
     })
 }
 
-/// The upsert of `rows` rows into `table`; `mark` is the placeholder prefix
-/// (`$` for sqlx, `?` for rusqlite), numbered from 1.
-pub fn upsert_sql(table: &str, rows: usize, mark: char) -> String {
+/// The upsert of `rows` rows into `table`, placeholders `$1`… in order.
+pub fn upsert_sql(table: &str, rows: usize) -> String {
     let mut cols: Vec<&str> = KEY_COLUMNS.to_vec();
     cols.extend(SUM_COLUMNS);
     cols.extend(hist_columns().iter().map(String::as_str));
@@ -308,7 +305,7 @@ pub fn upsert_sql(table: &str, rows: usize, mark: char) -> String {
             if c > 0 {
                 values.push(',');
             }
-            values.push(mark);
+            values.push('$');
             values.push_str(&(r * ARITY + c + 1).to_string());
         }
         values.push(')');
@@ -323,97 +320,6 @@ pub fn upsert_sql(table: &str, rows: usize, mark: char) -> String {
         cols.join(", "),
         KEY_COLUMNS.join(", "),
     )
-}
-
-/// Rows per multi-row upsert on the sqlx path (under every bind limit).
-const CHUNK: usize = 16;
-
-/// Adds a batch of calls to the rollups through sqlx (PostgreSQL's writer, and
-/// SQLite outside the gateway). Run it in the transaction that inserts the calls.
-pub async fn record(conn: &mut AnyConnection, calls: &[CallRecord]) -> Result<()> {
-    let rows = aggregate(calls);
-    for table in Table::ALL {
-        let mine: Vec<&(RollupKey<'_>, RollupCell)> =
-            rows.iter().filter(|(k, _)| k.table == table).collect();
-        for chunk in mine.chunks(CHUNK) {
-            let sql = upsert_sql(table.name(), chunk.len(), '$');
-            let mut q = sqlx::query(&sql);
-            for (k, v) in chunk {
-                q = q
-                    .bind(k.namespace_id)
-                    .bind(k.environment)
-                    .bind(k.bucket)
-                    .bind(k.api)
-                    .bind(k.model)
-                    .bind(k.endpoint)
-                    .bind(k.request_type)
-                    .bind(k.key_id)
-                    .bind(k.status_class)
-                    .bind(k.client_id)
-                    .bind(k.subcloud)
-                    .bind(v.calls)
-                    .bind(v.errors)
-                    .bind(v.cost_micros)
-                    .bind(v.tokens_in)
-                    .bind(v.tokens_out)
-                    .bind(v.latency_sum_us);
-                for h in v.hist {
-                    q = q.bind(h);
-                }
-            }
-            q.execute(&mut *conn).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The same on the SQLite writer's own connection, inside its transaction:
-/// one cached single-row statement per table, executed once per key.
-pub fn record_sqlite(conn: &rusqlite::Connection, calls: &[CallRecord]) -> Result<()> {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        Table::ALL
-            .iter()
-            .map(|t| upsert_sql(t.name(), 1, '?'))
-            .collect()
-    });
-    for (k, v) in aggregate(calls) {
-        let mut stmt = conn.prepare_cached(&sql[k.table as usize])?;
-        let texts = [
-            k.namespace_id,
-            k.environment,
-            "",
-            k.api,
-            k.model,
-            k.endpoint,
-            k.request_type,
-            k.key_id,
-            k.status_class,
-            k.client_id,
-            k.subcloud,
-        ];
-        for (i, t) in texts.iter().enumerate() {
-            if i == 2 {
-                stmt.raw_bind_parameter(3, k.bucket)?;
-            } else {
-                stmt.raw_bind_parameter(i + 1, t)?;
-            }
-        }
-        let sums = [
-            v.calls,
-            v.errors,
-            v.cost_micros,
-            v.tokens_in,
-            v.tokens_out,
-            v.latency_sum_us,
-        ];
-        let base = KEY_COLUMNS.len();
-        for (i, n) in sums.iter().chain(v.hist.iter()).enumerate() {
-            stmt.raw_bind_parameter(base + i + 1, n)?;
-        }
-        stmt.raw_execute()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -521,7 +427,7 @@ mod tests {
 
     #[test]
     fn the_upsert_adds_every_counter() {
-        let sql = upsert_sql("t", 2, '$');
+        let sql = upsert_sql("t", 2);
         assert!(sql.contains("$134)"));
         assert!(sql.contains("h49 = t.h49 + excluded.h49"));
         assert!(sql.contains("calls = t.calls + excluded.calls"));

@@ -7,12 +7,11 @@
 //! moves each balance once. A call is acknowledged only after that
 //! transaction commits.
 
-use std::collections::HashMap;
-
 use sqlx::{AnyConnection, Row};
 use tally_common::Environment;
 
-use crate::{bad_value, ledger, now_ms, Result};
+use crate::recording::{Param, Plan, Statement};
+use crate::{bad_value, Result};
 
 /// One finished gateway call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,186 +39,39 @@ pub struct CallRecord {
     pub platform_fee_micros: i64,
 }
 
-/// Usage rows per multi-row INSERT: few distinct statements to prepare, well
-/// under every backend's limit on bound parameters.
-const CHUNK: usize = 32;
-
 const USAGE_COLUMNS: &str = "id, time, namespace_id, environment, key_id, api, model, endpoint, \
      request_type, status, error, latency_us, upstream_latency_us, tokens_in, tokens_out, \
      cost_micros, client_id";
-const USAGE_ARITY: usize = 17;
 
-fn placeholders(rows: usize, arity: usize) -> String {
-    let mut out = String::with_capacity(rows * arity * 5);
-    for r in 0..rows {
-        if r > 0 {
-            out.push(',');
-        }
-        out.push('(');
-        for c in 0..arity {
-            if c > 0 {
-                out.push(',');
-            }
-            out.push('$');
-            out.push_str(&(r * arity + c + 1).to_string());
-        }
-        out.push(')');
+/// Records a batch of (cleaned) calls through sqlx: the statements of
+/// [`crate::recording::Plan`], the same the SQLite writer runs. Run it in a
+/// transaction.
+pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord], now: i64) -> Result<()> {
+    let mut plan = Plan::new(calls);
+    for s in plan.writes() {
+        bind(&s).execute(&mut *conn).await?;
     }
-    out
-}
-
-/// Records a batch of calls: usage rows, a `usage` ledger entry for every call
-/// with a cost, and one balance update per namespace and environment. Run it in
-/// a transaction.
-pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord]) -> Result<()> {
-    for chunk in calls.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO usage_events ({USAGE_COLUMNS}) VALUES {}",
-            placeholders(chunk.len(), USAGE_ARITY)
-        );
-        let mut q = sqlx::query(&sql);
-        for c in chunk {
-            q = q
-                .bind(&c.id)
-                .bind(c.time)
-                .bind(&c.namespace_id)
-                .bind(c.environment.as_str())
-                .bind(&c.key_id)
-                .bind(&c.api)
-                .bind(c.model.as_deref())
-                .bind(&c.endpoint)
-                .bind(c.request_type)
-                .bind(c.status)
-                .bind(c.error.as_deref())
-                .bind(c.latency_us)
-                .bind(c.upstream_latency_us)
-                .bind(c.tokens_in)
-                .bind(c.tokens_out)
-                .bind(c.cost_micros)
-                .bind(c.client_id.as_deref());
-        }
-        q.execute(&mut *conn).await?;
+    let mut balances = Vec::new();
+    for s in plan.balance_updates(now) {
+        balances.push(bind(&s).fetch_one(&mut *conn).await?.try_get(0)?);
     }
-    crate::rollups::record(conn, calls).await?;
-
-    // One balance update per account, then each entry's balance-after is
-    // counted back from the new balance in call order.
-    let mut lines = ledger_lines(calls);
-    let mut after = Vec::new();
-    for (ns, env, delta) in totals(&lines) {
-        after.push((ns, env, ledger::add_to_balance(conn, ns, env, delta).await?));
-    }
-    settle(&mut lines, &after);
-    let now = now_ms();
-    for chunk in lines.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO ledger_entries (namespace_id, environment, time, kind, amount_micros, \
-             balance_after_micros, actor, reference, memo) VALUES {}",
-            placeholders(chunk.len(), 9)
-        );
-        let mut q = sqlx::query(&sql);
-        for l in chunk {
-            q = q
-                .bind(l.namespace_id)
-                .bind(l.environment.as_str())
-                .bind(now)
-                .bind(l.kind)
-                .bind(l.amount)
-                .bind(l.balance_after)
-                .bind(l.actor)
-                .bind(l.reference)
-                .bind(None::<String>);
-        }
-        q.execute(&mut *conn).await?;
+    for s in plan.ledger(&balances, now) {
+        bind(&s).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// Who the seller's entries name as their cause.
-pub const GATEWAY_ACTOR: &str = "gateway";
-
-/// One ledger entry of a batch of calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Line<'a> {
-    pub namespace_id: &'a str,
-    pub environment: Environment,
-    /// `usage`, `revenue` or `platform_fee`.
-    pub kind: &'static str,
-    pub amount: i64,
-    /// The caller's key for `usage`, [`GATEWAY_ACTOR`] for the seller's entries.
-    pub actor: &'a str,
-    /// The call id.
-    pub reference: &'a str,
-    /// Filled in by [`settle`].
-    pub balance_after: i64,
-}
-
-/// The ledger entries of a batch, in call order: every call with a cost debits
-/// its caller (`usage`); a call to a seller's API also credits the seller with
-/// the cost (`revenue`) and debits the platform's share of it (`platform_fee`).
-pub(crate) fn ledger_lines(calls: &[CallRecord]) -> Vec<Line<'_>> {
-    let mut out = Vec::with_capacity(calls.len());
-    for c in calls.iter().filter(|c| c.cost_micros != 0) {
-        let line = |namespace_id, kind, amount, actor| Line {
-            namespace_id,
-            environment: c.environment,
-            kind,
-            amount,
-            actor,
-            reference: &c.id,
-            balance_after: 0,
+fn bind<'q>(
+    s: &'q Statement<'q>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(&s.sql);
+    for p in &s.params {
+        q = match p {
+            Param::Int(v) => q.bind(*v),
+            Param::Text(v) => q.bind(*v),
         };
-        out.push(line(&c.namespace_id, "usage", -c.cost_micros, &c.key_id));
-        if let Some(seller) = &c.seller_namespace_id {
-            out.push(line(seller, "revenue", c.cost_micros, GATEWAY_ACTOR));
-            if c.platform_fee_micros != 0 {
-                out.push(line(
-                    seller,
-                    "platform_fee",
-                    -c.platform_fee_micros,
-                    GATEWAY_ACTOR,
-                ));
-            }
-        }
     }
-    out
-}
-
-/// What the entries move on each account (namespace, environment,
-/// micro-credits), sorted by account so that concurrent writers lock balance
-/// rows in one order.
-pub(crate) fn totals<'a>(lines: &[Line<'a>]) -> Vec<(&'a str, Environment, i64)> {
-    let mut sums: HashMap<(&'a str, Environment), i64> = HashMap::new();
-    for l in lines {
-        *sums.entry((l.namespace_id, l.environment)).or_default() += l.amount;
-    }
-    let mut out: Vec<_> = sums
-        .into_iter()
-        .map(|((ns, env), total)| (ns, env, total))
-        .collect();
-    out.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
-    out
-}
-
-/// Fills in each entry's balance-after, counted back from each account's
-/// balance after the whole batch (`after`, as returned for [`totals`]).
-pub(crate) fn settle(lines: &mut [Line<'_>], after: &[(&str, Environment, i64)]) {
-    let mut running: HashMap<(&str, Environment), i64> = after
-        .iter()
-        .map(|&(ns, env, balance)| ((ns, env), balance))
-        .collect();
-    for l in lines.iter() {
-        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
-            *b -= l.amount;
-        }
-    }
-    // `running` now holds each balance before the batch.
-    for l in lines.iter_mut() {
-        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
-            *b += l.amount;
-            l.balance_after = *b;
-        }
-    }
+    q
 }
 
 pub(crate) fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {

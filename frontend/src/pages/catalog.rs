@@ -5,7 +5,8 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tally_common::{
-    CatalogApiAdmin, CatalogApiConfig, Pricing, Protocol, UpdateCatalogApi, Upstream,
+    CatalogApiAdmin, CatalogApiConfig, OutputLimitParam, Pricing, Protocol, UpdateCatalogApi,
+    Upstream,
 };
 
 use crate::api;
@@ -232,6 +233,7 @@ fn CreateApi(on_created: impl Fn() + Copy + 'static) -> impl IntoView {
                 )?
                 .unwrap_or_default(),
             },
+            output_limit_param: OutputLimitParam::default(),
             timeout_ms: parse_optional(&timeout.get_untracked(), "The timeout")?.unwrap_or(60_000),
             health_path: None,
             enabled: true,

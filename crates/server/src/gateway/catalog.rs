@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use reqwest::header::HeaderValue;
-use tally_common::{CatalogApiConfig, Environment, Pricing, Protocol};
+use tally_common::{CatalogApiConfig, Environment, OutputLimitParam, Pricing, Protocol};
 
 /// How long a target that failed a call is skipped.
 const COOL_DOWN_MS: i64 = 10_000;
@@ -207,6 +207,7 @@ pub fn sandbox_api() -> CatalogApiConfig {
             per_compute_second_micros: 0,
             default_max_output_tokens: 1024,
         },
+        output_limit_param: OutputLimitParam::MaxTokens,
         timeout_ms: 60_000,
         health_path: None,
         enabled: true,
@@ -284,6 +285,16 @@ pub fn validate(c: &CatalogApiConfig) -> Result<(), String> {
     {
         return Err("prices must be 0 to 1,000,000,000,000 micro-credits".into());
     }
+    if c.protocol == Protocol::Http
+        && p.per_1k_output_tokens_micros > 0
+        && p.default_max_output_tokens == 0
+    {
+        // The hold of a call must bound what it can be billed (see
+        // `services::pricing`); an HTTP request has no output limit to read.
+        return Err(
+            "an HTTP API priced per output token needs default_max_output_tokens, the most one call is billed for".into(),
+        );
+    }
     if !(100..=600_000).contains(&c.timeout_ms) {
         return Err("timeout_ms must be 100 to 600000".into());
     }
@@ -296,44 +307,11 @@ pub fn validate(c: &CatalogApiConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// The cost of a call in micro-credits, rounded up; saturates instead of overflowing.
-pub fn cost(p: &Pricing, tokens_in: u64, tokens_out: u64, compute_us: u64) -> i64 {
-    let per = |units: u64, price: i64, per_units: u64| -> i128 {
-        let total = i128::from(units) * i128::from(price.max(0));
-        let per_units = i128::from(per_units);
-        (total + per_units - 1) / per_units
-    };
-    let total = i128::from(p.per_request_micros.max(0))
-        + per(tokens_in, p.per_1k_input_tokens_micros, 1000)
-        + per(tokens_out, p.per_1k_output_tokens_micros, 1000)
-        + per(compute_us, p.per_compute_second_micros, 1_000_000);
-    i64::try_from(total).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-
-    #[test]
-    fn costs_add_up_every_part_and_round_up() {
-        let p = Pricing {
-            per_request_micros: 100,
-            per_1k_input_tokens_micros: 500,
-            per_1k_output_tokens_micros: 1500,
-            per_compute_second_micros: 1000,
-            default_max_output_tokens: 0,
-        };
-        // 100 + ceil(3 * 0.5) + ceil(2 * 1.5) + ceil(0.0015 * 1000)
-        assert_eq!(cost(&p, 3, 2, 1500), 100 + 2 + 3 + 2);
-        assert_eq!(cost(&Pricing::default(), 1_000_000, 1_000_000, 1), 0);
-        let huge = Pricing {
-            per_1k_input_tokens_micros: i64::MAX,
-            ..Pricing::default()
-        };
-        assert_eq!(cost(&huge, u64::MAX, 0, 0), i64::MAX);
-    }
 
     #[test]
     fn pools_rotate_by_weight_and_put_failed_targets_last() {

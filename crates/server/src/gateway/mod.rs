@@ -5,183 +5,76 @@
 //! Policy (the hot path, ARCHITECTURE.md): no database read per call on the
 //! read side (keys, catalog, balances and limits live in memory), one
 //! group-committed write per call, and a call is answered only once that write
-//! has committed. Failures are JSON errors with stable codes: 401 for bad,
-//! revoked or expired keys, 403 for scopes, 404 for unknown APIs and models,
-//! 402 when the balance cannot cover the call, 429 for limits and quotas,
-//! 502/504 when the upstream fails or is too slow.
+//! has committed. Money is the services' business (`crate::services`): this
+//! module asks them for a call's bound and hold and hands them the finished
+//! call. Failures are JSON errors with stable codes: 400 for requests whose
+//! text or numbers cannot be taken, 401 for bad, revoked or expired keys, 403
+//! for scopes, 404 for unknown APIs and models, 402 when the balance cannot
+//! cover the call, 429 for limits and quotas, 502/504 when the upstream fails
+//! or is too slow.
+//!
+//! Once a call is admitted, it runs in a task of its own: a client that goes
+//! away cannot stop it between the upstream's answer and its record, so work
+//! the upstream did is billed and every hold is settled.
 
-pub mod accounts;
+mod call;
 pub mod catalog;
 pub mod http;
 pub mod keys;
 pub mod limits;
 mod proxy;
 pub mod sandbox;
-mod writer;
+mod stream;
+mod wire;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::StatusCode;
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
-use tally_common::{CatalogApiConfig, Environment, ErrorCode, Pricing, Protocol};
-use tally_store::usage::CallRecord;
+use tally_common::{CatalogApiConfig, Environment, ErrorCode};
 use tally_store::Store;
-use tokio::sync::mpsc;
 
 use crate::config::GatewaySettings;
 use crate::error::ApiError;
-use accounts::{Accounts, Hold};
+use crate::services::accounts::{self, Accounts};
+use crate::services::pricing::{self, credits};
+use crate::services::recorder::Recorder;
+use crate::services::settle::{Charge, Settler};
+use call::{lock, Call, Outcome};
 use catalog::{Api, Catalog};
 use keys::{KeyCache, KeyInfo};
-use limits::{Counted, KeyLimiter, LimitState, Refusal};
-use writer::Writer;
+use limits::{Counted, KeyLimiter, Refusal};
+use wire::{error_reply, header, rate_headers, Headers};
+pub use wire::{Endpoint, Inbound, Reply, ReplyBody, Summary};
 
-/// Output tokens assumed for a hold when neither the request nor the API's
-/// pricing says how many a call may produce.
-const FALLBACK_MAX_OUTPUT_TOKENS: u64 = 4096;
-
-/// Which gateway endpoint a call came in on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-    /// `/v1/apis/{slug}/{path}`.
-    Http {
-        slug: String,
-        path: String,
-    },
-}
-
-impl Endpoint {
-    fn upstream_path(&self) -> &str {
-        match self {
-            Endpoint::Chat => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-            Endpoint::Http { path, .. } => path,
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Endpoint::Http { slug, path } => format!("/v1/apis/{slug}{path}"),
-            other => other.upstream_path().to_owned(),
-        }
-    }
-}
-
-/// One incoming gateway call, after the HTTP layer read it.
-pub struct Inbound {
-    pub endpoint: Endpoint,
-    pub method: Method,
-    pub query: String,
-    pub content_type: Option<String>,
-    pub client_id: Option<String>,
-    pub body: Bytes,
-    pub started: Instant,
-}
-
-/// What the gateway answers.
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: ReplyBody,
-    /// Set when the call was recorded (sync calls; streams record at the end).
-    pub summary: Option<Summary>,
-}
-
-pub enum ReplyBody {
-    Full(Bytes),
-    /// Chunks as they arrive; the channel closes after the call is recorded.
-    Stream(mpsc::Receiver<Bytes>),
-}
-
-/// A recorded call's measurements (for the Playground and response headers).
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub call_id: String,
-    pub latency_us: i64,
-    pub tokens_in: i64,
-    pub tokens_out: i64,
-    pub cost_micros: i64,
-}
+/// Longest path (after the slug) a generic call may name.
+const MAX_PATH: usize = 2048;
+/// Longest model name.
+const MAX_MODEL: usize = 200;
 
 pub struct Gateway {
     store: Store,
     keys: KeyCache,
     limiters: DashMap<String, Arc<Mutex<KeyLimiter>>>,
-    pub accounts: Accounts,
+    settler: Arc<Settler>,
     catalog: RwLock<Arc<Catalog>>,
-    writer: Writer,
     client: reqwest::Client,
     settings: GatewaySettings,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Limiter state is plain counters, consistent after any panic.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn error_reply(err: ApiError, headers: Vec<(HeaderName, HeaderValue)>) -> Reply {
-    let body = serde_json::to_vec(&err.body()).unwrap_or_default();
-    Reply {
-        status: StatusCode::from_u16(err.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        headers,
-        body: ReplyBody::Full(Bytes::from(body)),
-        summary: None,
+/// Text a caller chose that the gateway keeps (a path, a model name): at
+/// most `max` characters, no control characters (NUL among them).
+fn clean_text(what: &str, text: &str, max: usize) -> Result<(), ApiError> {
+    if text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{what} must be at most {max} characters without control characters"
+        )));
     }
-}
-
-fn header(name: &'static str, value: impl ToString) -> Option<(HeaderName, HeaderValue)> {
-    Some((
-        HeaderName::from_static(name),
-        HeaderValue::from_str(&value.to_string()).ok()?,
-    ))
-}
-
-fn rate_headers(s: &LimitState) -> Vec<(HeaderName, HeaderValue)> {
-    [
-        header("ratelimit-limit", s.limit),
-        header("ratelimit-remaining", s.remaining),
-        header("ratelimit-reset", s.reset_secs),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
-/// The state a call carries from admission to its record.
-struct Call {
-    id: String,
-    key: Arc<KeyInfo>,
-    limiter: Arc<Mutex<KeyLimiter>>,
-    api: String,
-    model: Option<String>,
-    endpoint: String,
-    stream: bool,
-    client_id: Option<String>,
-    started: Instant,
-    pricing: Pricing,
-    max_cost: i64,
-    hold: Option<Hold>,
-    /// The seller namespace that owns the API (C8).
-    seller: Option<String>,
-}
-
-/// How a call ended, for its record.
-struct Outcome {
-    status: u16,
-    error: Option<ErrorCode>,
-    tokens_in: u64,
-    tokens_out: u64,
-    upstream_us: u64,
+    Ok(())
 }
 
 impl Gateway {
@@ -190,19 +83,24 @@ impl Gateway {
         store: Store,
         settings: GatewaySettings,
         config_apis: &[CatalogApiConfig],
+        accounts: Arc<Accounts>,
     ) -> anyhow::Result<Arc<Self>> {
         catalog_sync(&store, config_apis).await?;
         let catalog = load_catalog(&store).await?;
         let client = upstream_client()?;
+        let settler = Settler::new(
+            accounts,
+            Recorder::start(store.clone())?,
+            settings.platform_fee_bps,
+        );
         Ok(Arc::new(Gateway {
             keys: KeyCache::new(
                 store.clone(),
                 Duration::from_secs(settings.key_cache_ttl_secs),
             ),
             limiters: DashMap::new(),
-            accounts: Accounts::new(store.clone()),
+            settler: Arc::new(settler),
             catalog: RwLock::new(Arc::new(catalog)),
-            writer: Writer::start(store.clone())?,
             client,
             store,
             settings,
@@ -211,6 +109,11 @@ impl Gateway {
 
     pub fn settings(&self) -> &GatewaySettings {
         &self.settings
+    }
+
+    /// The in-memory balances the gateway spends from.
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        self.settler.accounts()
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -230,7 +133,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// Starts the change poller (keys, catalog) and the upstream health probes.
+    /// Starts the change poller (keys, catalog), the upstream health probes
+    /// and the sweep of idle accounts.
     pub fn start_background(self: &Arc<Self>) {
         let gw = Arc::downgrade(self);
         let every = Duration::from_millis(self.settings.poll_interval_ms.max(50));
@@ -254,6 +158,16 @@ impl Gateway {
                 tick.tick().await;
                 let Some(gw) = gw.upgrade() else { return };
                 gw.probe_upstreams().await;
+            }
+        });
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(gw) = gw.upgrade() else { return };
+                gw.accounts().sweep(accounts::IDLE);
+                metrics::gauge!("tally_gateway_accounts").set(gw.accounts().len() as f64);
             }
         });
     }
@@ -352,8 +266,20 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serves one call of an authenticated key.
+    /// Serves one call of an authenticated key, in a task of its own (see
+    /// the module policy).
     pub async fn serve(self: &Arc<Self>, key: Arc<KeyInfo>, inb: Inbound) -> Reply {
+        let gw = self.clone();
+        match crate::telemetry::spawn_detached(async move { gw.admit(key, inb).await }).await {
+            Ok(reply) => reply,
+            Err(e) => error_reply(
+                ApiError::internal(anyhow::anyhow!("a gateway call failed: {e}")),
+                Vec::new(),
+            ),
+        }
+    }
+
+    async fn admit(self: Arc<Self>, key: Arc<KeyInfo>, inb: Inbound) -> Reply {
         let now = tally_store::now_ms();
         if let Err(e) = key.check_usable(now) {
             return error_reply(e, Vec::new());
@@ -362,12 +288,33 @@ impl Gateway {
 
         // Route: OpenAI endpoints by the body's model, others by slug.
         let (api, model, json) = match &inb.endpoint {
-            Endpoint::Http { slug, .. } => match catalog.by_slug(slug) {
-                Some(api) => (api.clone(), None, None),
-                None => {
-                    return error_reply(ApiError::not_found(&format!("API '{slug}'")), Vec::new())
+            Endpoint::Http { slug, path } => {
+                if let Err(e) = clean_text("the path", path, MAX_PATH) {
+                    return error_reply(e, Vec::new());
                 }
-            },
+                match catalog.by_slug(slug) {
+                    // G1: an OpenAI-compatible API is priced by its model's
+                    // tokens, which this route cannot read; it is reached only
+                    // through the OpenAI endpoints, so no other path of its
+                    // upstream (files, batches, fine-tuning) is reachable.
+                    Some(api) if pricing::priced_by_model(&api.config) => {
+                        return error_reply(
+                            ApiError::new(
+                                ErrorCode::NotFound,
+                                format!("API '{slug}' is OpenAI-compatible and is not reached through /v1/apis: call /v1/chat/completions, /v1/completions or /v1/embeddings with one of its models"),
+                            ),
+                            Vec::new(),
+                        )
+                    }
+                    Some(api) => (api.clone(), None, None),
+                    None => {
+                        return error_reply(
+                            ApiError::not_found(&format!("API '{slug}'")),
+                            Vec::new(),
+                        )
+                    }
+                }
+            }
             _ => {
                 let json: Value = match serde_json::from_slice(&inb.body) {
                     Ok(v @ Value::Object(_)) => v,
@@ -380,8 +327,14 @@ impl Gateway {
                 };
                 let Some(model) = json.get("model").and_then(Value::as_str).map(str::to_owned)
                 else {
-                    return error_reply(ApiError::invalid("'model' is required"), Vec::new());
+                    return error_reply(
+                        ApiError::invalid("'model' is required and must be a string"),
+                        Vec::new(),
+                    );
                 };
+                if let Err(e) = clean_text("'model'", &model, MAX_MODEL) {
+                    return error_reply(e, Vec::new());
+                }
                 match catalog.by_model(&model) {
                     Some(api) => (api.clone(), Some(model), Some(json)),
                     None => {
@@ -396,13 +349,18 @@ impl Gateway {
                 }
             }
         };
-        let stream = json
-            .as_ref()
-            .and_then(|j| j.get("stream"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let stream = match json.as_ref().and_then(|j| j.get("stream")) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return error_reply(
+                    ApiError::invalid("'stream' must be true or false"),
+                    Vec::new(),
+                )
+            }
+        };
         let limiter = self.limiter(&key.id);
-        let mut call = Call {
+        let call = Call {
             id: tally_store::new_id("call"),
             key: key.clone(),
             limiter: limiter.clone(),
@@ -412,10 +370,9 @@ impl Gateway {
             stream,
             client_id: inb.client_id.clone(),
             started: inb.started,
-            pricing: api.config.pricing.clone(),
-            max_cost: 0,
-            hold: None,
-            seller: api.config.owner_namespace_id.clone(),
+            reserved: 0,
+            charge: Charge::none(api.config.owner_namespace_id.clone()),
+            settler: self.settler.clone(),
         };
 
         if !api.config.enabled {
@@ -423,9 +380,9 @@ impl Gateway {
                 ErrorCode::Unavailable,
                 format!("API '{}' is disabled", api.slug()),
             );
-            return self.refuse(call, e, Vec::new()).await;
+            return call.refuse(e, Vec::new()).await;
         }
-        if let Some(seller) = &call.seller {
+        if let Some(seller) = call.charge.seller() {
             if key.environment == Environment::Live {
                 match self.seller_paused(seller).await {
                     Ok(false) => {}
@@ -437,9 +394,9 @@ impl Gateway {
                                 api.slug()
                             ),
                         );
-                        return self.refuse(call, e, Vec::new()).await;
+                        return call.refuse(e, Vec::new()).await;
                     }
-                    Err(e) => return self.refuse(call, e.into(), Vec::new()).await,
+                    Err(e) => return call.refuse(e.into(), Vec::new()).await,
                 }
             }
         }
@@ -451,7 +408,7 @@ impl Gateway {
                     model.as_deref().unwrap_or(api.slug())
                 ),
             );
-            return self.refuse(call, e, Vec::new()).await;
+            return call.refuse(e, Vec::new()).await;
         }
         let pool = api.pool(key.environment);
         if pool.is_some_and(catalog::Pool::is_empty) {
@@ -459,45 +416,77 @@ impl Gateway {
                 ErrorCode::Unavailable,
                 format!("API '{}' has no live upstream configured", api.slug()),
             );
-            return self.refuse(call, e, Vec::new()).await;
+            return call.refuse(e, Vec::new()).await;
         }
 
-        call.max_cost = max_cost(&api, &inb, json.as_ref());
+        // The hold must bound what the upstream can return (services::pricing).
+        let compute_limit_us = if stream {
+            self.settings.stream_deadline_secs.saturating_mul(1_000_000)
+        } else {
+            api.config.timeout_ms.saturating_mul(1000)
+        };
+        let mut json = json;
+        let (max_cost, rewritten) = match json.as_mut() {
+            Some(j) => match pricing::bound_openai(
+                &api.config,
+                inb.endpoint.kind(),
+                j,
+                inb.body.len(),
+                compute_limit_us,
+            ) {
+                Ok(b) => (b.max_cost, b.rewritten),
+                Err(e) => return error_reply(e, Vec::new()),
+            },
+            None => (
+                pricing::bound_http(&api.config, inb.body.len(), compute_limit_us),
+                false,
+            ),
+        };
         if let Err(e) = self.ensure_counted(&key.id, &limiter).await {
             return error_reply(e, Vec::new());
         }
-        let admitted = lock(&limiter).admit(&key.limits, now, call.max_cost);
+        let admitted = lock(&limiter).admit(&key.limits, now, max_cost);
+        let mut call = call;
         let rate = match admitted {
-            Ok(state) => state,
+            Ok(state) => {
+                call.reserved = max_cost;
+                state
+            }
             Err(refusal) => {
                 // Nothing was counted or reserved for a refused call.
-                call.max_cost = 0;
                 let (e, headers) = refusal_error(&refusal);
-                return self.refuse(call, e, headers).await;
+                return call.refuse(e, headers).await;
             }
         };
-        let mut headers: Vec<_> = rate.as_ref().map(rate_headers).unwrap_or_default();
+        let mut headers: Headers = rate.as_ref().map(rate_headers).unwrap_or_default();
         headers.extend(header("x-tally-call-id", &call.id));
 
+        let seller = call.charge.seller().map(str::to_owned);
         match self
-            .accounts
-            .hold(&key.namespace_id, key.environment, call.max_cost)
+            .settler
+            .hold(
+                &key.namespace_id,
+                key.environment,
+                &api.config.pricing,
+                max_cost,
+                seller,
+            )
             .await
         {
-            Ok(Ok(hold)) => call.hold = Some(hold),
+            Ok(Ok(charge)) => call.charge = charge,
             Ok(Err(short)) => {
                 let e = ApiError::new(
                     ErrorCode::InsufficientCredits,
                     format!(
                         "this call may cost up to {} credits and the {} balance has {} available; top up or use the faucet for test credits",
-                        credits(call.max_cost),
+                        credits(max_cost),
                         key.environment,
                         credits(short.available.max(0))
                     ),
                 );
-                return self.refuse(call, e, headers).await;
+                return call.refuse(e, headers).await;
             }
-            Err(e) => return self.refuse(call, e.into(), headers).await,
+            Err(e) => return call.refuse(e.into(), headers).await,
         }
 
         match pool {
@@ -506,43 +495,45 @@ impl Gateway {
                     .await
             }
             Some(pool) => {
-                proxy::forward(self.clone(), call, api.clone(), pool, inb, json, headers).await
+                let body = match (&json, stream || rewritten) {
+                    (Some(j), true) => Bytes::from(upstream_json(j.clone(), &inb.endpoint, stream)),
+                    _ => inb.body.clone(),
+                };
+                let forward = proxy::Forward {
+                    client: self.forwarding_client(),
+                    pool,
+                    endpoint: &inb.endpoint,
+                    method: &inb.method,
+                    query: &inb.query,
+                    content_type: inb.content_type.as_deref(),
+                    body,
+                    request_bytes: inb.body.len(),
+                    timeout: Duration::from_millis(api.config.timeout_ms),
+                    max_response_bytes: self.settings.max_response_bytes,
+                    stream: stream.then(|| self.stream_limits(&api)),
+                };
+                proxy::forward(call, forward, headers).await
             }
         }
     }
 
-    /// A call turned away after it was attributed to a key and an API: it is
-    /// recorded (with no cost) so the key's statistics show it.
-    async fn refuse(
-        &self,
-        call: Call,
-        e: ApiError,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    ) -> Reply {
-        let status = e.code.http_status();
-        let code = e.code;
-        let _ = self
-            .finish(
-                call,
-                Outcome {
-                    status,
-                    error: Some(code),
-                    tokens_in: 0,
-                    tokens_out: 0,
-                    upstream_us: 0,
-                },
-            )
-            .await;
-        error_reply(e, headers)
+    fn stream_limits(&self, api: &Api) -> stream::StreamLimits {
+        stream::StreamLimits {
+            idle: Duration::from_millis(api.config.timeout_ms),
+            deadline: tokio::time::Instant::now()
+                + Duration::from_secs(self.settings.stream_deadline_secs),
+            send_timeout: Duration::from_secs(self.settings.stream_send_timeout_secs.max(1)),
+            max_event_bytes: self.settings.max_event_bytes,
+        }
     }
 
     async fn answer_from_sandbox(
-        self: &Arc<Self>,
+        &self,
         call: Call,
         api: &Api,
         inb: &Inbound,
         json: Option<Value>,
-        mut headers: Vec<(HeaderName, HeaderValue)>,
+        mut headers: Headers,
     ) -> Reply {
         let created = tally_store::now_ms() / 1000;
         let model = call.model.clone().unwrap_or_default();
@@ -559,149 +550,43 @@ impl Gateway {
         };
         if call.stream && !answer.events.is_empty() {
             let events = futures_util::stream::iter(answer.events.into_iter().map(Ok::<_, String>));
-            return proxy::stream_reply(
-                self,
+            let limits = self.stream_limits(api);
+            return stream::stream_reply(
                 call,
                 StatusCode::OK,
                 headers,
                 Box::pin(events),
-                proxy::Counted::Known {
+                stream::Counted::Known {
                     tokens_in: answer.tokens_in,
                     tokens_out: answer.tokens_out,
                 },
                 Instant::now(),
+                limits,
             );
         }
-        let outcome = Outcome {
-            status: 200,
-            error: None,
-            tokens_in: answer.tokens_in,
-            tokens_out: answer.tokens_out,
-            upstream_us: 0,
-        };
+        let outcome = Outcome::answered(200, answer.tokens_in, answer.tokens_out, 0);
         let body = Bytes::from(answer.body.to_string());
         headers.extend(header("content-type", "application/json"));
-        self.reply_after_record(call, outcome, StatusCode::OK, headers, body)
+        call.reply_after_record(outcome, StatusCode::OK, headers, body)
             .await
     }
+}
 
-    /// Records a finished sync call and answers it, or answers 503 if the
-    /// record could not be written (the call is then not charged).
-    async fn reply_after_record(
-        &self,
-        call: Call,
-        outcome: Outcome,
-        status: StatusCode,
-        mut headers: Vec<(HeaderName, HeaderValue)>,
-        body: Bytes,
-    ) -> Reply {
-        match self.finish(call, outcome).await {
-            Some(summary) => {
-                headers.extend(header("x-tally-cost-micros", summary.cost_micros));
-                Reply {
-                    status,
-                    headers,
-                    body: ReplyBody::Full(body),
-                    summary: Some(summary),
-                }
+/// The JSON sent upstream: the caller's request with the limits written in,
+/// and for a stream a request for usage in its last event so the gateway can
+/// bill it exactly.
+fn upstream_json(mut j: Value, endpoint: &Endpoint, stream: bool) -> Vec<u8> {
+    if stream && *endpoint != Endpoint::Embeddings {
+        if let Some(obj) = j.as_object_mut() {
+            let opts = obj
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(o) = opts.as_object_mut() {
+                o.insert("include_usage".into(), Value::Bool(true));
             }
-            None => error_reply(
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the call could not be recorded, so it was not charged; retry it",
-                ),
-                headers,
-            ),
         }
     }
-
-    /// Captures the cost, settles limits and records the call (waiting for the
-    /// commit). `None` when the record could not be written.
-    async fn finish(&self, mut call: Call, o: Outcome) -> Option<Summary> {
-        // Successful calls pay; so does a stream whose client went away (499)
-        // for what it received.
-        let charge = (200..300).contains(&o.status) || o.status == 499;
-        let mut cost = if charge {
-            catalog::cost(&call.pricing, o.tokens_in, o.tokens_out, o.upstream_us)
-        } else {
-            0
-        };
-        // Never more than was held: the hold is what the balance guaranteed.
-        cost = match call.hold.as_mut() {
-            Some(h) => h.settle(cost),
-            None => 0,
-        };
-        let now = tally_store::now_ms();
-        lock(&call.limiter).settle(
-            &call.key.limits,
-            now,
-            call.max_cost,
-            cost,
-            o.tokens_in + o.tokens_out,
-        );
-        let latency_us = i64::try_from(call.started.elapsed().as_micros()).unwrap_or(i64::MAX);
-        let record = CallRecord {
-            id: call.id.clone(),
-            time: now,
-            namespace_id: call.key.namespace_id.clone(),
-            environment: call.key.environment,
-            key_id: call.key.id.clone(),
-            api: call.api.clone(),
-            model: call.model.clone(),
-            endpoint: call.endpoint.clone(),
-            request_type: if call.stream { "stream" } else { "sync" },
-            status: i64::from(o.status),
-            error: o.error.map(|c| c.as_str().to_owned()),
-            latency_us,
-            upstream_latency_us: i64::try_from(o.upstream_us).unwrap_or(i64::MAX),
-            tokens_in: i64::try_from(o.tokens_in).unwrap_or(i64::MAX),
-            tokens_out: i64::try_from(o.tokens_out).unwrap_or(i64::MAX),
-            cost_micros: cost,
-            client_id: call.client_id.clone(),
-            platform_fee_micros: if call.seller.is_some() {
-                platform_fee(cost, self.settings.platform_fee_bps)
-            } else {
-                0
-            },
-            seller_namespace_id: call.seller.clone(),
-        };
-        let seller_share = match record.seller_namespace_id.as_deref() {
-            Some(seller) if cost > 0 => {
-                // Loaded before the commit, so the credit cannot be missed
-                // by a load racing with it (see `Accounts::load`).
-                if self
-                    .accounts
-                    .load(seller, record.environment)
-                    .await
-                    .is_err()
-                {
-                    return None;
-                }
-                Some((seller.to_owned(), cost - record.platform_fee_micros))
-            }
-            _ => None,
-        };
-        let (tokens_in, tokens_out) = (record.tokens_in, record.tokens_out);
-        metrics::counter!("tally_gateway_calls_total", "status" => o.status.to_string())
-            .increment(1);
-        if !self.writer.record(record).await {
-            // The hold is dropped with `call`, which releases it.
-            return None;
-        }
-        if let Some(hold) = call.hold.take() {
-            hold.committed();
-        }
-        if let Some((seller, net)) = seller_share {
-            self.accounts.credited(&seller, call.key.environment, net);
-        }
-        Some(Summary {
-            call_id: call.id,
-            latency_us,
-            tokens_in,
-            tokens_out,
-            cost_micros: cost,
-        })
-    }
+    serde_json::to_vec(&j).unwrap_or_default()
 }
 
 /// A client for upstream calls: keep-alive pool, no Nagle delay.
@@ -738,7 +623,7 @@ impl Gateway {
     /// below `seller_critical_balance_micros`. Read from the in-memory account,
     /// so it changes with the very call or top-up that crosses the level.
     pub async fn seller_paused(&self, seller: &str) -> tally_store::Result<bool> {
-        let (balance, _) = self.accounts.snapshot(seller, Environment::Live).await?;
+        let (balance, _) = self.accounts().snapshot(seller, Environment::Live).await?;
         Ok(balance < self.settings.seller_critical_balance_micros)
     }
 
@@ -764,26 +649,7 @@ impl Gateway {
     }
 }
 
-/// The platform's share of a call's cost, in basis points, rounded down (the
-/// seller keeps the odd micro-credit).
-fn platform_fee(cost: i64, fee_bps: u32) -> i64 {
-    let fee = i128::from(cost) * i128::from(fee_bps.min(10_000)) / 10_000;
-    i64::try_from(fee).unwrap_or(cost)
-}
-
-fn credits(micros: i64) -> String {
-    let whole = micros / 1_000_000;
-    let frac = (micros % 1_000_000).abs();
-    if frac == 0 {
-        whole.to_string()
-    } else {
-        format!("{whole}.{frac:06}")
-            .trim_end_matches('0')
-            .to_owned()
-    }
-}
-
-fn refusal_error(r: &Refusal) -> (ApiError, Vec<(HeaderName, HeaderValue)>) {
+fn refusal_error(r: &Refusal) -> (ApiError, Headers) {
     match r {
         Refusal::Rate(state) => {
             let mut headers = rate_headers(state);
@@ -814,52 +680,6 @@ fn refusal_error(r: &Refusal) -> (ApiError, Vec<(HeaderName, HeaderValue)>) {
                 .collect(),
         ),
     }
-}
-
-/// The most a call can cost, held before it is forwarded: the request
-/// bounds its output (`max_tokens`, else the API's default), its input is
-/// bounded by its size, and its compute time by the API's timeout.
-fn max_cost(api: &Api, inb: &Inbound, json: Option<&Value>) -> i64 {
-    let p = &api.config.pricing;
-    let (tokens_in, tokens_out) = match (&inb.endpoint, json) {
-        (Endpoint::Http { .. }, _) | (_, None) => (0, 0),
-        (endpoint, Some(j)) => {
-            let tokens_in = inb.body.len() as u64 / 2 + 16;
-            let tokens_out = if *endpoint == Endpoint::Embeddings {
-                0
-            } else {
-                j.get("max_completion_tokens")
-                    .or_else(|| j.get("max_tokens"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(match p.default_max_output_tokens {
-                        0 => FALLBACK_MAX_OUTPUT_TOKENS,
-                        n => u64::from(n),
-                    })
-            };
-            (tokens_in, tokens_out)
-        }
-    };
-    // Generic APIs that report token usage are billed by it when priced per
-    // token; their hold assumes the default output size.
-    let (tokens_in, tokens_out) = if api.config.protocol == Protocol::Http
-        && (p.per_1k_input_tokens_micros > 0 || p.per_1k_output_tokens_micros > 0)
-    {
-        (
-            inb.body.len() as u64 / 2 + 16,
-            match p.default_max_output_tokens {
-                0 => FALLBACK_MAX_OUTPUT_TOKENS,
-                n => u64::from(n),
-            },
-        )
-    } else {
-        (tokens_in, tokens_out)
-    };
-    catalog::cost(
-        p,
-        tokens_in,
-        tokens_out,
-        api.config.timeout_ms.saturating_mul(1000),
-    )
 }
 
 /// Applies the config file's catalog (it wins at every start) and, on a new
@@ -918,16 +738,4 @@ async fn load_catalog(store: &Store) -> tally_store::Result<Catalog> {
         })
         .collect();
     Ok(Catalog::new(configs, version))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    #[test]
-    fn credits_print_without_trailing_zeros() {
-        assert_eq!(super::credits(10_000_000), "10");
-        assert_eq!(super::credits(2_100), "0.0021");
-        assert_eq!(super::credits(1_500_000), "1.5");
-    }
 }

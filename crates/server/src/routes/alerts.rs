@@ -4,7 +4,7 @@
 //! everyone); owners, admins and billing members set and remove them. Setting
 //! a threshold above the current balance counts as a crossing and fires at
 //! once; after that an alert fires once per drop below the threshold and
-//! re-arms when the balance is back at or above it (`crate::billing`).
+//! re-arms when the balance is back at or above it (`crate::services::billing`).
 
 use actix_web::{delete, get, put, web, HttpResponse};
 use tally_common::{Environment, ErrorBody, LowBalanceAlert, LowBalanceAlertList, SetAlertRequest};
@@ -89,7 +89,7 @@ pub async fn set(
         tally_store::alerts::set(&mut tx, ns, env, body.threshold_micros, true).await?;
         tx.commit().await?;
     }
-    crate::billing::check_alert(&state.store, ns, env).await?;
+    crate::services::billing::check_alert(&state.store, ns, env).await?;
     let mut conn = state.store.conn().await?;
     tally_store::alerts::list(&mut conn, ns)
         .await?

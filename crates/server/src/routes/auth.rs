@@ -70,7 +70,12 @@ pub async fn signup(
         other => other?,
     };
     let ns = tally_store::namespaces::insert(&mut tx, "Personal").await?;
-    crate::routes::credits::welcome(&mut tx, &state, &ns.id).await?;
+    crate::services::credits::welcome(
+        &mut tx,
+        &ns.id,
+        state.settings.gateway.welcome_test_credits_micros,
+    )
+    .await?;
     tally_store::namespaces::upsert_member(&mut tx, &ns.id, &account.id, Role::Owner).await?;
     tally_store::events::insert(
         &mut tx,

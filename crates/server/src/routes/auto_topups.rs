@@ -2,7 +2,7 @@
 //!
 //! Policy: owners, admins and billing members read, set and remove them. A
 //! rule creates a payment intent each time the balance drops below its
-//! threshold (`crate::billing::check_auto_topup`); the payment processor
+//! threshold (`crate::services::billing::check_auto_topup`); the payment processor
 //! pays it from the namespace's standing authorization and the signed deposit
 //! notification credits it like any top-up. Setting a rule above the current
 //! balance counts as a crossing and creates the intent at once.
@@ -91,7 +91,7 @@ pub async fn set(
             "amount_units must be 1 to 1,000,000,000,000,000 (millionths of a unit)",
         ));
     }
-    if !crate::billing::accepts(&state.settings.billing, body.currency) {
+    if !crate::services::billing::accepts(&state.settings.billing, body.currency) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedCurrency,
             format!(
@@ -114,7 +114,7 @@ pub async fn set(
         .await?;
         tx.commit().await?;
     }
-    crate::billing::check_auto_topup(&state.store, ns, env).await?;
+    crate::services::billing::check_auto_topup(&state.store, ns, env).await?;
     let mut conn = state.store.conn().await?;
     tally_store::auto_topups::list(&mut conn, ns)
         .await?

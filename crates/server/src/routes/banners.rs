@@ -12,8 +12,8 @@ use tally_common::{Banner, BannerList, Environment, ErrorBody, Severity};
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
-use crate::billing::credits;
 use crate::error::ApiResult;
+use crate::services::billing::credits;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -61,7 +61,7 @@ pub async fn list(
     let alerts = tally_store::alerts::list(&mut conn, ns).await?;
     drop(conn);
     if let Some(a) = alerts.iter().find(|a| a.environment == env) {
-        let (balance, _) = gateway.accounts.snapshot(ns, env).await?;
+        let (balance, _) = state.accounts.snapshot(ns, env).await?;
         if balance < a.threshold_micros {
             items.push(Banner {
                 kind: "low_balance".into(),

@@ -9,14 +9,13 @@ use actix_web::{get, post, web, HttpResponse};
 use serde::Deserialize;
 use tally_common::{Bonus, BonusList, BonusReason, BonusRequest, Environment, ErrorBody};
 use tally_store::bonuses::{BonusRow, GRANT_KIND};
-use tally_store::ledger::NewEntry;
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, CurrentOperator, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::credits::{check_grant, credit};
 use crate::routes::keys::parse_expiry;
 use crate::routes::rfc3339;
+use crate::services::credits::{self, Credit};
 use crate::state::AppState;
 
 /// Furthest expiry: bounds the part of the ledger a replay reads.
@@ -68,14 +67,15 @@ pub async fn grant(
             "expires_at must be at most 366 days away; leave it out for a bonus that never expires",
         ));
     }
-    let memo = check_grant(&state, &ns, body.amount_micros, body.memo.as_deref()).await?;
+    let memo =
+        credits::check_grant(&state.store, &ns, body.amount_micros, body.memo.as_deref()).await?;
     let id = tally_store::new_id("bonus");
     let row = BonusRow {
         id: id.clone(),
         namespace_id: ns.clone(),
         environment: body.environment,
         reason: body.reason.as_str().to_owned(),
-        memo: memo.map(str::to_owned),
+        memo: memo.clone(),
         amount_micros: body.amount_micros,
         remaining_micros: body.amount_micros,
         expires_at,
@@ -86,22 +86,21 @@ pub async fn grant(
         created_at: now,
     };
     let event = format!("Bonus credits: {}", body.reason.label());
-    let entry = credit(
-        &state,
-        NewEntry {
-            namespace_id: &ns,
+    let entry = credits::credit(
+        &state.store,
+        &state.accounts,
+        Credit {
+            namespace_id: ns,
             environment: body.environment,
             kind: GRANT_KIND,
             amount_micros: body.amount_micros,
-            actor: &operator.email,
-            reference: Some(&id),
+            actor: operator.email.clone(),
+            reference: Some(id),
             memo,
-            rate_micros: None,
+            event,
+            cooldown_ms: None,
+            bonus: Some(row.clone()),
         },
-        &event,
-        &operator.email,
-        None,
-        Some(row.clone()),
     )
     .await?
     .map_err(|_| ApiError::internal(anyhow::anyhow!("a bonus has no cooldown")))?;

@@ -246,6 +246,9 @@ pub async fn update(
     if let Some(v) = change.pricing {
         c.pricing = v;
     }
+    if let Some(v) = change.output_limit_param {
+        c.output_limit_param = v;
+    }
     if let Some(v) = change.timeout_ms {
         c.timeout_ms = v;
     }

@@ -2,29 +2,24 @@
 //! and the testnet faucet. Top-ups are in `topups`, statements in
 //! `statements`, low-balance alerts in `alerts`.
 //!
-//! Policy: every credit goes through `credit()`: the namespace's account is
-//! loaded into the gateway first, then the ledger entry commits, then the
-//! in-memory balance moves, so the gateway never misses or double-counts a
-//! credit. Every role reads balances and the ledger; developers, billing,
+//! Policy: every credit goes through `services::credits`, which keeps the
+//! in-memory balance in step with the ledger. Every role reads balances and the ledger; developers, billing,
 //! admins and owners may use the faucet; only operators grant.
 
 use actix_web::{get, post, web, HttpResponse};
 use serde::Deserialize;
 use tally_common::{
     Balance, Balances, Environment, ErrorBody, ErrorCode, FaucetResult, GrantRequest, LedgerEntry,
-    LedgerPage, Severity,
+    LedgerPage,
 };
-use tally_store::events::NewEvent;
-use tally_store::ledger::{LedgerFilter, LedgerRow, NewEntry};
-use tally_store::AnyConnection;
+use tally_store::ledger::{LedgerFilter, LedgerRow};
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, CurrentOperator, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::rfc3339;
+use crate::services::credits::{self, Credit};
 use crate::state::AppState;
-
-const MAX_GRANT: i64 = 1_000_000_000_000_000;
 
 pub fn to_entry(r: LedgerRow) -> LedgerEntry {
     LedgerEntry {
@@ -41,34 +36,8 @@ pub fn to_entry(r: LedgerRow) -> LedgerEntry {
     }
 }
 
-/// The test credits a namespace starts with, in its creating transaction.
-pub async fn welcome(
-    conn: &mut AnyConnection,
-    state: &AppState,
-    namespace_id: &str,
-) -> ApiResult<()> {
-    let amount = state.settings.gateway.welcome_test_credits_micros;
-    if amount > 0 {
-        tally_store::ledger::append(
-            conn,
-            NewEntry {
-                namespace_id,
-                environment: Environment::Test,
-                kind: "grant",
-                amount_micros: amount,
-                actor: "system",
-                reference: None,
-                memo: Some("welcome test credits"),
-                rate_micros: None,
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 async fn balance(state: &AppState, ns: &str, env: Environment) -> ApiResult<Balance> {
-    let (balance, held) = state.gateway.accounts.snapshot(ns, env).await?;
+    let (balance, held) = state.accounts.snapshot(ns, env).await?;
     Ok(Balance {
         environment: env,
         balance_micros: balance,
@@ -183,67 +152,6 @@ pub async fn ledger(
     Ok(web::Json(LedgerPage { items, next_before }))
 }
 
-/// Adds credits: loads the account, commits the entry (and an event), then
-/// moves the in-memory balance. With a cooldown, the namespace's last entry of
-/// the same kind must be older than that (checked under the namespace's row
-/// lock, so two requests at once cannot both pass); `Err(last)` otherwise.
-/// A `bonus` grant row is recorded with the entry, pointing at it.
-pub(crate) async fn credit(
-    state: &AppState,
-    entry: NewEntry<'_>,
-    event: &str,
-    actor: &str,
-    cooldown_ms: Option<i64>,
-    bonus: Option<tally_store::bonuses::BonusRow>,
-) -> ApiResult<Result<LedgerRow, i64>> {
-    state
-        .gateway
-        .accounts
-        .load(entry.namespace_id, entry.environment)
-        .await?;
-    let mut tx = state.store.begin().await?;
-    if !tally_store::namespaces::lock(&mut tx, entry.namespace_id).await? {
-        return Err(ApiError::not_found("namespace"));
-    }
-    if let Some(cooldown) = cooldown_ms {
-        let last =
-            tally_store::ledger::last_time_of_kind(&mut tx, entry.namespace_id, entry.kind).await?;
-        if let Some(last) = last.filter(|t| tally_store::now_ms() - t < cooldown) {
-            return Ok(Err(last));
-        }
-    }
-    let row = tally_store::ledger::append(&mut tx, entry.clone()).await?;
-    if let Some(mut bonus) = bonus {
-        bonus.ledger_entry_id = row.id;
-        tally_store::bonuses::insert(&mut tx, &bonus).await?;
-    }
-    tally_store::events::insert(
-        &mut tx,
-        NewEvent {
-            namespace_id: Some(entry.namespace_id),
-            environment: Some(entry.environment),
-            kind: "credits.added",
-            severity: Severity::Info,
-            message: event,
-            actor: Some(actor),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state
-        .gateway
-        .accounts
-        .credited(entry.namespace_id, entry.environment, entry.amount_micros);
-    // A credit may lift the balance back over a low-balance threshold (C5).
-    if let Err(e) =
-        crate::billing::check_balance_rules(&state.store, entry.namespace_id, entry.environment)
-            .await
-    {
-        tracing::warn!(error = %e, "low-balance check after a credit failed");
-    }
-    Ok(Ok(row))
-}
-
 /// Free test credits, once per cooldown (`gateway.faucet_cooldown_secs`).
 #[utoipa::path(
     tag = "credits",
@@ -270,22 +178,21 @@ pub async fn faucet(state: web::Data<AppState>, member: CurrentMember) -> ApiRes
     let ns = member.namespace_id();
     let cfg = &state.settings.gateway;
     let cooldown_ms = cfg.faucet_cooldown_secs.max(0) * 1000;
-    let given = credit(
-        &state,
-        NewEntry {
-            namespace_id: ns,
+    let given = credits::credit(
+        &state.store,
+        &state.accounts,
+        Credit {
+            namespace_id: ns.to_owned(),
             environment: Environment::Test,
             kind: "faucet",
             amount_micros: cfg.faucet_amount_micros,
-            actor: "faucet",
+            actor: "faucet".into(),
             reference: None,
-            memo: Some(&format!("requested by {}", member.email)),
-            rate_micros: None,
+            memo: Some(format!("requested by {}", member.email)),
+            event: "Test credits from the faucet".into(),
+            cooldown_ms: Some(cooldown_ms),
+            bonus: None,
         },
-        "Test credits from the faucet",
-        &member.email,
-        Some(cooldown_ms),
-        None,
     )
     .await?;
     let now = tally_store::now_ms();
@@ -318,30 +225,6 @@ fn human(secs: i64) -> String {
     }
 }
 
-/// Checks an operator's grant or bonus: the amount, the memo (trimmed; empty
-/// is none) and that the namespace exists. Returns the memo.
-pub(crate) async fn check_grant<'a>(
-    state: &AppState,
-    ns: &str,
-    amount_micros: i64,
-    memo: Option<&'a str>,
-) -> ApiResult<Option<&'a str>> {
-    if !(1..=MAX_GRANT).contains(&amount_micros) {
-        return Err(ApiError::invalid(
-            "amount_micros must be 1 to 1,000,000,000,000,000",
-        ));
-    }
-    let memo = memo.map(str::trim).filter(|m| !m.is_empty());
-    if memo.is_some_and(|m| m.chars().count() > 500) {
-        return Err(ApiError::invalid("memo must be at most 500 characters"));
-    }
-    let mut conn = state.store.conn().await?;
-    if !tally_store::namespaces::exists(&mut conn, ns).await? {
-        return Err(ApiError::not_found("namespace"));
-    }
-    Ok(memo)
-}
-
 /// Grants credits to any namespace (operators only).
 #[utoipa::path(
     tag = "credits",
@@ -364,23 +247,23 @@ pub async fn grant(
     body: web::Json<GrantRequest>,
 ) -> ApiResult<HttpResponse> {
     let ns = path.into_inner();
-    let memo = check_grant(&state, &ns, body.amount_micros, body.memo.as_deref()).await?;
-    let row = credit(
-        &state,
-        NewEntry {
-            namespace_id: &ns,
+    let memo =
+        credits::check_grant(&state.store, &ns, body.amount_micros, body.memo.as_deref()).await?;
+    let row = credits::credit(
+        &state.store,
+        &state.accounts,
+        Credit {
+            namespace_id: ns,
             environment: body.environment,
             kind: "grant",
             amount_micros: body.amount_micros,
-            actor: &operator.email,
+            actor: operator.email.clone(),
             reference: None,
             memo,
-            rate_micros: None,
+            event: "Credits granted by an operator".into(),
+            cooldown_ms: None,
+            bonus: None,
         },
-        "Credits granted by an operator",
-        &operator.email,
-        None,
-        None,
     )
     .await?
     .map_err(|_| ApiError::internal(anyhow::anyhow!("a grant has no cooldown")))?;

@@ -55,7 +55,12 @@ pub async fn create(
         .await?
         .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
     let ns = tally_store::namespaces::insert(&mut tx, &name).await?;
-    crate::routes::credits::welcome(&mut tx, &state, &ns.id).await?;
+    crate::services::credits::welcome(
+        &mut tx,
+        &ns.id,
+        state.settings.gateway.welcome_test_credits_micros,
+    )
+    .await?;
     tally_store::namespaces::upsert_member(&mut tx, &ns.id, &caller.account_id, Role::Owner)
         .await?;
     tally_store::events::insert(

@@ -4,28 +4,25 @@
 //! Policy: billing members (owner, admin, billing) subscribe and cancel;
 //! every member reads. Subscribing creates the payment intent of the first
 //! period; its deposit credits the package's credits (`routes::topups`).
-//! Renewal intents are created by `crate::upkeep` at the end of each paid
-//! period. See `tally_store::subscriptions` for the states.
+//! Renewal intents are created by `services::subscriptions` at the end of
+//! each paid period. See `tally_store::subscriptions` for the states.
 
 use actix_web::{delete, get, post, web, HttpResponse};
 use tally_common::{
-    CreditPackage, CreditPackageList, ErrorBody, ErrorCode, IntentStatus, Severity,
-    SubscribeRequest, Subscription, SubscriptionList, SubscriptionStatus,
+    CreditPackage, CreditPackageList, ErrorBody, ErrorCode, Severity, SubscribeRequest,
+    Subscription, SubscriptionList, SubscriptionStatus,
 };
-use tally_store::billing::IntentRow;
 use tally_store::events::NewEvent;
 use tally_store::subscriptions::SubscriptionRow;
 
 use crate::auth::{CurrentAccount, CurrentMember, Permission};
-use crate::billing;
 use crate::config::PackageSettings;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::rfc3339;
-use crate::routes::topups::units;
+use crate::services::billing;
+use crate::services::billing::units;
+use crate::services::subscriptions::new_period_intent;
 use crate::state::AppState;
-
-/// Who creates renewal intents.
-pub const RENEWAL_ACTOR: &str = "subscription";
 
 fn valid(p: &PackageSettings) -> bool {
     p.credits_micros > 0 && p.price_units > 0
@@ -197,32 +194,6 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(to_subscription(sub)))
-}
-
-/// Creates the payment intent of one period of a subscription.
-pub async fn new_period_intent(
-    conn: &mut tally_store::AnyConnection,
-    sub: &SubscriptionRow,
-    intent_id: &str,
-    actor: &str,
-) -> ApiResult<()> {
-    tally_store::billing::insert_intent(
-        conn,
-        &IntentRow {
-            id: intent_id.to_owned(),
-            namespace_id: sub.namespace_id.clone(),
-            environment: sub.environment,
-            currency: sub.currency,
-            amount_units: sub.price_units,
-            status: IntentStatus::Pending,
-            created_by: actor.to_owned(),
-            created_at: tally_store::now_ms(),
-            deposit: None,
-            subscription_id: Some(sub.id.clone()),
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// Cancels a subscription: one never paid ends now; an active one keeps its

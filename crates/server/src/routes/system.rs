@@ -52,7 +52,7 @@ pub async fn status(state: web::Data<AppState>) -> web::Json<ServerStatus> {
         database: state.store.backend().as_str().into(),
         topup_currencies: Currency::ALL
             .into_iter()
-            .filter(|c| crate::billing::accepts(&state.settings.billing, *c))
+            .filter(|c| crate::services::billing::accepts(&state.settings.billing, *c))
             .collect(),
     })
 }

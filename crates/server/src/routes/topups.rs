@@ -3,16 +3,14 @@
 //!
 //! Policy: billing members (owner, admin, billing) create and read intents.
 //! The deposit endpoint has no session: it trusts a request only with a valid,
-//! fresh HMAC signature (`crate::billing::verify`). A transaction id credits at
+//! fresh HMAC signature (`crate::services::billing::verify`). A transaction id credits at
 //! most once: a repeat of the same notification answers the first result with
 //! `duplicate: true` and changes nothing; a different notification with a used
 //! transaction id, or for an intent already paid, is a 409. Every refusal (bad
 //! signature, stale timestamp, repeat, conflict) changes no balance and is
 //! recorded as an event: in the intent's namespace when the body names a known
 //! intent, else server-wide (at most one a minute, so unsigned noise cannot
-//! flood the log). The credit itself follows the grant path: load the account
-//! into the gateway, commit the ledger entry with the deposit row, then move
-//! the in-memory balance.
+//! flood the log). The credit itself is `services::credits::deposit`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -21,26 +19,23 @@ use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tally_common::{
-    CreateIntentRequest, Currency, Deposit, DepositNotification, DepositResult, Environment,
-    ErrorBody, ErrorCode, IntentStatus, PaymentIntent, PaymentIntentPage, Severity,
+    CreateIntentRequest, Deposit, DepositNotification, DepositResult, Environment, ErrorBody,
+    ErrorCode, IntentStatus, PaymentIntent, PaymentIntentPage, Severity,
 };
 use tally_store::billing::{DepositRow, IntentRow};
 use tally_store::events::NewEvent;
-use tally_store::ledger::NewEntry;
-use tally_store::subscriptions::SubscriptionRow;
-use tally_store::StoreError;
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
-use crate::billing::{self, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::rfc3339;
+use crate::services::billing::units;
+use crate::services::billing::{self, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::services::credits::{self, DepositCredit, DepositOutcome, MAX_CREDIT};
 use crate::state::AppState;
 
 /// Largest intent or deposit: a billion whole units, in millionths.
 const MAX_UNITS: i64 = 1_000_000_000_000_000;
-/// Largest single top-up, as for grants.
-const MAX_CREDIT: i64 = 1_000_000_000_000_000;
 /// Largest deposit notification body.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -85,11 +80,6 @@ fn to_intent(i: IntentRow) -> PaymentIntent {
         deposit: i.deposit.map(to_deposit),
         subscription_id: i.subscription_id,
     }
-}
-
-/// Millionths of a unit as a decimal amount, e.g. `12.500000 USDC`.
-pub(crate) fn units(amount_units: i64, currency: Currency) -> String {
-    format!("{} {currency}", billing::credits(amount_units))
 }
 
 /// Starts a top-up: an intent to pay an amount in a currency. The payment
@@ -299,117 +289,6 @@ async fn named_intent(state: &AppState, body: &[u8]) -> Option<IntentRow> {
     tally_store::billing::intent(&mut conn, id).await.ok()?
 }
 
-enum Outcome {
-    Credited(DepositRow),
-    /// The transaction id was already recorded (possibly by a racing request).
-    Recorded(DepositRow),
-    /// Another transaction paid the intent first.
-    AlreadyPaid,
-    /// A concurrent insert won; look again.
-    Raced,
-}
-
-/// Credits a deposit in one transaction with its ledger entry and intent.
-async fn commit_deposit(
-    state: &AppState,
-    intent: &IntentRow,
-    n: &DepositNotification,
-    credit: &Credit,
-) -> ApiResult<Outcome> {
-    let (rate, credited) = (credit.rate, credit.credited);
-    let (ns, env) = (intent.namespace_id.as_str(), intent.environment);
-    state.gateway.accounts.load(ns, env).await?;
-    let mut tx = state.store.begin().await?;
-    if !tally_store::namespaces::lock(&mut tx, ns).await? {
-        return Err(ApiError::not_found("payment intent"));
-    }
-    if let Some(d) = tally_store::billing::deposit(&mut tx, &n.external_tx_id).await? {
-        return Ok(Outcome::Recorded(d));
-    }
-    let current = tally_store::billing::intent(&mut tx, &intent.id).await?;
-    if current.is_none_or(|i| i.status != IntentStatus::Pending) {
-        return Ok(Outcome::AlreadyPaid);
-    }
-    let memo = match &credit.subscription {
-        Some(sub) => format!(
-            "{} for payment intent {}: one month of the {} package",
-            units(n.amount_units, n.currency),
-            intent.id,
-            sub.package
-        ),
-        None => format!(
-            "{} for payment intent {} at {} credits per unit",
-            units(n.amount_units, n.currency),
-            intent.id,
-            billing::credits(rate)
-        ),
-    };
-    if let Some(sub) = &credit.subscription {
-        let now = tally_store::now_ms();
-        let start = sub.period_end.unwrap_or(now).max(now);
-        tally_store::subscriptions::paid(&mut tx, &sub.id, one_month_after(start)).await?;
-    }
-    let entry = tally_store::ledger::append(
-        &mut tx,
-        NewEntry {
-            namespace_id: ns,
-            environment: env,
-            kind: if credit.subscription.is_some() {
-                "subscription"
-            } else {
-                "topup"
-            },
-            amount_micros: credited,
-            actor: "deposit",
-            reference: Some(&n.external_tx_id),
-            memo: Some(&memo),
-            rate_micros: Some(rate),
-        },
-    )
-    .await?;
-    let recorded = DepositRow {
-        external_tx_id: n.external_tx_id.clone(),
-        intent_id: intent.id.clone(),
-        namespace_id: ns.to_owned(),
-        environment: env,
-        currency: n.currency,
-        amount_units: n.amount_units,
-        rate_micros: rate,
-        credited_micros: credited,
-        ledger_entry_id: entry.id,
-        received_at: entry.time,
-    };
-    match tally_store::billing::record_deposit(&mut tx, &recorded).await {
-        Err(StoreError::Conflict(_)) => return Ok(Outcome::Raced),
-        other => other?,
-    }
-    tally_store::events::insert(
-        &mut tx,
-        NewEvent {
-            namespace_id: Some(ns),
-            environment: Some(env),
-            kind: "credits.added",
-            severity: Severity::Info,
-            message: &format!(
-                "{} of {} credits: {} (transaction {})",
-                if credit.subscription.is_some() {
-                    "Subscription credits"
-                } else {
-                    "Top-up"
-                },
-                billing::credits(credited),
-                memo,
-                n.external_tx_id
-            ),
-            actor: Some("deposit"),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.gateway.accounts.credited(ns, env, credited);
-    Ok(Outcome::Credited(recorded))
-}
-
 /// Confirms a payment: a deposit notification from the payment processor or
 /// chain watcher, signed with `X-Tally-Timestamp` (Unix seconds) and
 /// `X-Tally-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">` under
@@ -531,22 +410,17 @@ pub async fn deposit(
             return Err(already_paid(&state, &intent, &n).await);
         }
         let credit = credit_for(&state, &intent, &n).await?;
-        match commit_deposit(&state, &intent, &n, &credit).await? {
-            Outcome::Credited(d) => {
-                if let Err(e) =
-                    billing::check_balance_rules(&state.store, &d.namespace_id, d.environment).await
-                {
-                    tracing::warn!(error = %e, "low-balance check after a top-up failed");
-                }
+        match credits::deposit(&state.store, &state.accounts, &intent, &n, &credit).await? {
+            DepositOutcome::Credited(d) => {
                 return Ok(web::Json(DepositResult {
                     intent_id: d.intent_id.clone(),
                     deposit: to_deposit(d),
                     duplicate: false,
                 }));
             }
-            Outcome::Recorded(d) => seen = Some(d),
-            Outcome::AlreadyPaid => return Err(already_paid(&state, &intent, &n).await),
-            Outcome::Raced => {
+            DepositOutcome::Recorded(d) => seen = Some(d),
+            DepositOutcome::AlreadyPaid => return Err(already_paid(&state, &intent, &n).await),
+            DepositOutcome::Raced => {
                 let mut conn = state.store.conn().await?;
                 seen = tally_store::billing::deposit(&mut conn, &n.external_tx_id).await?;
                 if seen.is_none() {
@@ -564,16 +438,6 @@ pub async fn deposit(
     }
 }
 
-/// What a deposit credits.
-struct Credit {
-    /// Micro-credits per unit: the conversion rate, or for a subscription
-    /// period what its price works out at.
-    rate: i64,
-    credited: i64,
-    /// The subscription whose period it pays.
-    subscription: Option<SubscriptionRow>,
-}
-
 /// A deposit for a subscription that is still pending or active credits the
 /// package (the price must be paid in full); any other deposit, including
 /// one for a subscription cancelled meanwhile, converts at the current rate.
@@ -581,7 +445,7 @@ async fn credit_for(
     state: &AppState,
     intent: &IntentRow,
     n: &DepositNotification,
-) -> ApiResult<Credit> {
+) -> ApiResult<DepositCredit> {
     let subscription = match &intent.subscription_id {
         Some(id) => {
             let mut conn = state.store.conn().await?;
@@ -603,7 +467,7 @@ async fn credit_for(
             return Err(ApiError::invalid(message));
         }
         let rate = billing::rate_of(n.amount_units, sub.credits_micros);
-        return Ok(Credit {
+        return Ok(DepositCredit {
             rate,
             credited: sub.credits_micros,
             subscription: Some(sub),
@@ -619,19 +483,11 @@ async fn credit_for(
                 billing::credits(rate)
             ))
         })?;
-    Ok(Credit {
+    Ok(DepositCredit {
         rate,
         credited,
         subscription: None,
     })
-}
-
-/// The same time of day one calendar month later (the month's last day when
-/// it is shorter).
-pub(crate) fn one_month_after(ms: i64) -> i64 {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .and_then(|t| t.checked_add_months(chrono::Months::new(1)))
-        .map_or(ms + 30 * 24 * 3600 * 1000, |t| t.timestamp_millis())
 }
 
 async fn already_paid(state: &AppState, intent: &IntentRow, n: &DepositNotification) -> ApiError {

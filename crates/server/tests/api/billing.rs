@@ -66,7 +66,7 @@ pub(crate) async fn notify_signed(
     body: &Value,
 ) -> reqwest::Response {
     let raw = serde_json::to_vec(body).unwrap();
-    let sig = tally_server::billing::sign(secret.as_bytes(), ts, &raw);
+    let sig = tally_server::services::billing::sign(secret.as_bytes(), ts, &raw);
     app.client
         .post(app.url("/api/v1/billing/deposits"))
         .header("content-type", "application/json")
@@ -330,7 +330,7 @@ async fn wrong_signatures_stale_timestamps_and_conflicts_change_nothing_and_are_
     let now = now_secs();
     let good_sig = format!(
         "sha256={}",
-        tally_server::billing::sign(SECRET.as_bytes(), now, &raw)
+        tally_server::services::billing::sign(SECRET.as_bytes(), now, &raw)
     );
     let post = |ts: Option<String>, sig: Option<String>, raw: Vec<u8>| {
         let mut req = app

@@ -12,6 +12,7 @@ mod events;
 mod gateway;
 mod keys;
 mod members;
+mod money;
 mod monitoring;
 mod namespaces;
 mod openapi;

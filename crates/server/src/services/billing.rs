@@ -312,6 +312,11 @@ pub fn start_alert_checker(store: Store, interval: Duration) {
     });
 }
 
+/// Millionths of a unit as a decimal amount, e.g. `12.500000 USDC`.
+pub fn units(amount_units: i64, currency: Currency) -> String {
+    format!("{} {currency}", credits(amount_units))
+}
+
 /// Micro-credits as credits with six decimals, for messages.
 pub fn credits(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };

@@ -1,0 +1,467 @@
+//! Recording gateway calls: the statements of one group commit, shared by the
+//! SQLite writer thread and the PostgreSQL writer.
+//!
+//! Policy:
+//! - One SQL text per statement. A batch is turned into a [`Plan`]: the usage
+//!   rows and rollup upserts ([`Plan::writes`]), one balance update per account
+//!   that returns the new balance ([`Plan::balance_updates`]), then the ledger
+//!   entries whose balance-after is counted back from those balances
+//!   ([`Plan::ledger`]). [`crate::recorder::SqliteRecorder`] runs the plan on
+//!   its own rusqlite connection and [`crate::usage::record_calls`] through
+//!   sqlx; both bind the same parameters in the same order to the same text,
+//!   so the two backends cannot drift apart (a test compares their rows).
+//! - Placeholders are `$N`, numbered in the order they first appear: sqlx
+//!   passes them to both databases, and SQLite gives a repeated `$N` the index
+//!   of its first appearance, so positional binding agrees on both.
+//! - Several rows per statement (`USAGE_CHUNK`, `ROLLUP_CHUNK`): fewer round
+//!   trips on PostgreSQL, fewer statement steps on SQLite, well under either
+//!   backend's limit on bound parameters.
+//! - Text is cleaned before a call is planned ([`CallRecord::clean`]): NUL
+//!   characters, which PostgreSQL refuses in text, are dropped and lengths are
+//!   capped, so no caller-supplied text can fail the batch it shares with
+//!   other tenants' calls.
+
+use std::collections::HashMap;
+
+use tally_common::Environment;
+
+use crate::rollups::{self, RollupCell, RollupKey, Table};
+use crate::usage::CallRecord;
+
+/// Usage rows per multi-row INSERT.
+const USAGE_CHUNK: usize = 32;
+/// Rollup rows per multi-row upsert (each has 67 parameters).
+const ROLLUP_CHUNK: usize = 16;
+/// Ledger entries per multi-row INSERT.
+const LEDGER_CHUNK: usize = 32;
+
+/// Longest text kept of a caller-supplied field (model, endpoint, client id).
+pub const MAX_TEXT: usize = 512;
+
+/// One bound value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param<'a> {
+    Int(i64),
+    Text(Option<&'a str>),
+}
+
+/// One statement of a plan and its parameters, in placeholder order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement<'a> {
+    pub sql: String,
+    pub params: Vec<Param<'a>>,
+}
+
+const USAGE_COLUMNS: [&str; 17] = [
+    "id",
+    "time",
+    "namespace_id",
+    "environment",
+    "key_id",
+    "api",
+    "model",
+    "endpoint",
+    "request_type",
+    "status",
+    "error",
+    "latency_us",
+    "upstream_latency_us",
+    "tokens_in",
+    "tokens_out",
+    "cost_micros",
+    "client_id",
+];
+
+const LEDGER_COLUMNS: [&str; 9] = [
+    "namespace_id",
+    "environment",
+    "time",
+    "kind",
+    "amount_micros",
+    "balance_after_micros",
+    "actor",
+    "reference",
+    "memo",
+];
+
+/// Adds `delta` to an account's balance and returns the new balance.
+pub const ADD_TO_BALANCE: &str = "INSERT INTO balances (namespace_id, environment, \
+     balance_micros, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (namespace_id, environment) \
+     DO UPDATE SET balance_micros = balances.balance_micros + $3, updated_at = $4 \
+     RETURNING balance_micros";
+
+/// `($1,…,$arity),($arity+1,…)` for `rows` rows.
+fn values(rows: usize, arity: usize) -> String {
+    let mut out = String::with_capacity(rows * arity * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for c in 0..arity {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push('$');
+            out.push_str(&(r * arity + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    format!(
+        "INSERT INTO {table} ({}) VALUES {}",
+        columns.join(", "),
+        values(rows, columns.len())
+    )
+}
+
+/// Who the seller's entries name as their cause.
+pub const GATEWAY_ACTOR: &str = "gateway";
+
+/// One ledger entry of a batch of calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line<'a> {
+    pub namespace_id: &'a str,
+    pub environment: Environment,
+    /// `usage`, `revenue` or `platform_fee`.
+    pub kind: &'static str,
+    pub amount: i64,
+    /// The caller's key for `usage`, [`GATEWAY_ACTOR`] for the seller's entries.
+    pub actor: &'a str,
+    /// The call id.
+    pub reference: &'a str,
+    /// Filled in by [`Plan::ledger`].
+    pub balance_after: i64,
+}
+
+/// The statements that record one batch of calls; see the module policy.
+pub struct Plan<'a> {
+    calls: &'a [CallRecord],
+    lines: Vec<Line<'a>>,
+    /// Each account the batch moves and by how much, in lock order.
+    totals: Vec<(&'a str, Environment, i64)>,
+}
+
+impl<'a> Plan<'a> {
+    /// Plans a batch of (cleaned) calls.
+    pub fn new(calls: &'a [CallRecord]) -> Plan<'a> {
+        let lines = ledger_lines(calls);
+        let totals = totals(&lines);
+        Plan {
+            calls,
+            lines,
+            totals,
+        }
+    }
+
+    /// The usage rows, then the rollup upserts (aggregated per key, in key
+    /// order so concurrent writers lock rollup rows in one order).
+    pub fn writes(&self) -> Vec<Statement<'a>> {
+        let mut out = Vec::new();
+        for chunk in self.calls.chunks(USAGE_CHUNK) {
+            let mut params = Vec::with_capacity(chunk.len() * USAGE_COLUMNS.len());
+            for c in chunk {
+                params.extend([
+                    Param::Text(Some(&c.id)),
+                    Param::Int(c.time),
+                    Param::Text(Some(&c.namespace_id)),
+                    Param::Text(Some(c.environment.as_str())),
+                    Param::Text(Some(&c.key_id)),
+                    Param::Text(Some(&c.api)),
+                    Param::Text(c.model.as_deref()),
+                    Param::Text(Some(&c.endpoint)),
+                    Param::Text(Some(c.request_type)),
+                    Param::Int(c.status),
+                    Param::Text(c.error.as_deref()),
+                    Param::Int(c.latency_us),
+                    Param::Int(c.upstream_latency_us),
+                    Param::Int(c.tokens_in),
+                    Param::Int(c.tokens_out),
+                    Param::Int(c.cost_micros),
+                    Param::Text(c.client_id.as_deref()),
+                ]);
+            }
+            out.push(Statement {
+                sql: insert_sql("usage_events", &USAGE_COLUMNS, chunk.len()),
+                params,
+            });
+        }
+        let rows = rollups::aggregate(self.calls);
+        for table in Table::ALL {
+            let mine: Vec<&(RollupKey<'a>, RollupCell)> =
+                rows.iter().filter(|(k, _)| k.table == table).collect();
+            for chunk in mine.chunks(ROLLUP_CHUNK) {
+                let mut params = Vec::with_capacity(chunk.len() * rollups::ARITY);
+                for (k, v) in chunk {
+                    params.extend([
+                        Param::Text(Some(k.namespace_id)),
+                        Param::Text(Some(k.environment)),
+                        Param::Int(k.bucket),
+                        Param::Text(Some(k.api)),
+                        Param::Text(Some(k.model)),
+                        Param::Text(Some(k.endpoint)),
+                        Param::Text(Some(k.request_type)),
+                        Param::Text(Some(k.key_id)),
+                        Param::Text(Some(k.status_class)),
+                        Param::Text(Some(k.client_id)),
+                        Param::Text(Some(k.subcloud)),
+                        Param::Int(v.calls),
+                        Param::Int(v.errors),
+                        Param::Int(v.cost_micros),
+                        Param::Int(v.tokens_in),
+                        Param::Int(v.tokens_out),
+                        Param::Int(v.latency_sum_us),
+                    ]);
+                    params.extend(v.hist.iter().map(|&h| Param::Int(h)));
+                }
+                out.push(Statement {
+                    sql: rollups::upsert_sql(table.name(), chunk.len()),
+                    params,
+                });
+            }
+        }
+        out
+    }
+
+    /// One [`ADD_TO_BALANCE`] per account the batch moves; each returns the
+    /// account's new balance, to be handed to [`Plan::ledger`] in this order.
+    pub fn balance_updates(&self, now: i64) -> Vec<Statement<'a>> {
+        self.totals
+            .iter()
+            .map(|&(ns, env, delta)| Statement {
+                sql: ADD_TO_BALANCE.to_owned(),
+                params: vec![
+                    Param::Text(Some(ns)),
+                    Param::Text(Some(env.as_str())),
+                    Param::Int(delta),
+                    Param::Int(now),
+                ],
+            })
+            .collect()
+    }
+
+    /// The ledger entries, each with its balance-after counted back from the
+    /// balances the updates returned.
+    pub fn ledger(&mut self, balances: &[i64], now: i64) -> Vec<Statement<'a>> {
+        let after: Vec<(&str, Environment, i64)> = self
+            .totals
+            .iter()
+            .zip(balances)
+            .map(|(&(ns, env, _), &b)| (ns, env, b))
+            .collect();
+        settle(&mut self.lines, &after);
+        self.lines
+            .chunks(LEDGER_CHUNK)
+            .map(|chunk| {
+                let mut params = Vec::with_capacity(chunk.len() * LEDGER_COLUMNS.len());
+                for l in chunk {
+                    params.extend([
+                        Param::Text(Some(l.namespace_id)),
+                        Param::Text(Some(l.environment.as_str())),
+                        Param::Int(now),
+                        Param::Text(Some(l.kind)),
+                        Param::Int(l.amount),
+                        Param::Int(l.balance_after),
+                        Param::Text(Some(l.actor)),
+                        Param::Text(Some(l.reference)),
+                        Param::Text(None),
+                    ]);
+                }
+                Statement {
+                    sql: insert_sql("ledger_entries", &LEDGER_COLUMNS, chunk.len()),
+                    params,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The ledger entries of a batch, in call order: every call with a cost debits
+/// its caller (`usage`); a call to a seller's API also credits the seller with
+/// the cost (`revenue`) and debits the platform's share of it (`platform_fee`).
+pub(crate) fn ledger_lines(calls: &[CallRecord]) -> Vec<Line<'_>> {
+    let mut out = Vec::with_capacity(calls.len());
+    for c in calls.iter().filter(|c| c.cost_micros != 0) {
+        let line = |namespace_id, kind, amount, actor| Line {
+            namespace_id,
+            environment: c.environment,
+            kind,
+            amount,
+            actor,
+            reference: &c.id,
+            balance_after: 0,
+        };
+        out.push(line(&c.namespace_id, "usage", -c.cost_micros, &c.key_id));
+        if let Some(seller) = &c.seller_namespace_id {
+            out.push(line(seller, "revenue", c.cost_micros, GATEWAY_ACTOR));
+            if c.platform_fee_micros != 0 {
+                out.push(line(
+                    seller,
+                    "platform_fee",
+                    -c.platform_fee_micros,
+                    GATEWAY_ACTOR,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// What the entries move on each account (namespace, environment,
+/// micro-credits), sorted by account so that concurrent writers lock balance
+/// rows in one order.
+pub(crate) fn totals<'a>(lines: &[Line<'a>]) -> Vec<(&'a str, Environment, i64)> {
+    let mut sums: HashMap<(&'a str, Environment), i64> = HashMap::new();
+    for l in lines {
+        *sums.entry((l.namespace_id, l.environment)).or_default() += l.amount;
+    }
+    let mut out: Vec<_> = sums
+        .into_iter()
+        .map(|((ns, env), total)| (ns, env, total))
+        .collect();
+    out.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+    out
+}
+
+/// Fills in each entry's balance-after, counted back from each account's
+/// balance after the whole batch (`after`, as returned for [`totals`]).
+pub(crate) fn settle(lines: &mut [Line<'_>], after: &[(&str, Environment, i64)]) {
+    let mut running: HashMap<(&str, Environment), i64> = after
+        .iter()
+        .map(|&(ns, env, balance)| ((ns, env), balance))
+        .collect();
+    for l in lines.iter() {
+        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
+            *b -= l.amount;
+        }
+    }
+    // `running` now holds each balance before the batch.
+    for l in lines.iter_mut() {
+        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
+            *b += l.amount;
+            l.balance_after = *b;
+        }
+    }
+}
+
+/// Drops NUL characters from `text` and cuts it to at most `max` characters.
+pub fn clean_text(text: &mut String, max: usize) {
+    if text.contains('\0') {
+        text.retain(|c| c != '\0');
+    }
+    if let Some((cut, _)) = text.char_indices().nth(max) {
+        text.truncate(cut);
+    }
+}
+
+impl CallRecord {
+    /// Makes every caller-supplied text of the record storable on both
+    /// backends: no NUL characters, at most [`MAX_TEXT`] characters.
+    pub fn clean(&mut self) {
+        for t in [&mut self.endpoint]
+            .into_iter()
+            .chain(self.model.as_mut())
+            .chain(self.client_id.as_mut())
+        {
+            clean_text(t, MAX_TEXT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn placeholders_number_every_row_in_order() {
+        assert_eq!(values(2, 3), "($1,$2,$3),($4,$5,$6)");
+        let sql = insert_sql("t", &["a", "b"], 1);
+        assert_eq!(sql, "INSERT INTO t (a, b) VALUES ($1,$2)");
+    }
+
+    #[test]
+    fn cleaning_drops_nul_and_caps_length() {
+        let mut s = "a\0b".to_owned();
+        clean_text(&mut s, 10);
+        assert_eq!(s, "ab");
+        let mut long = "é".repeat(20);
+        clean_text(&mut long, 5);
+        assert_eq!(long, "ééééé");
+    }
+
+    fn call(id: &str, ns: &str, cost: i64, seller: Option<&str>) -> CallRecord {
+        CallRecord {
+            id: id.into(),
+            time: 1_000,
+            namespace_id: ns.into(),
+            environment: Environment::Live,
+            key_id: "key".into(),
+            api: "api".into(),
+            model: None,
+            endpoint: "/v1/chat/completions".into(),
+            request_type: "sync",
+            status: 200,
+            error: None,
+            latency_us: 10,
+            upstream_latency_us: 5,
+            tokens_in: 1,
+            tokens_out: 1,
+            cost_micros: cost,
+            client_id: None,
+            seller_namespace_id: seller.map(str::to_owned),
+            platform_fee_micros: cost / 10,
+        }
+    }
+
+    #[test]
+    fn every_statement_binds_as_many_values_as_it_has_placeholders() {
+        let calls: Vec<CallRecord> = (0..70)
+            .map(|i| {
+                call(
+                    &format!("c{i}"),
+                    "ns",
+                    100,
+                    (i % 3 == 0).then_some("seller"),
+                )
+            })
+            .collect();
+        let mut plan = Plan::new(&calls);
+        let mut all = plan.writes();
+        let updates = plan.balance_updates(5);
+        let balances: Vec<i64> = updates.iter().map(|_| 1_000).collect();
+        all.extend(updates);
+        all.extend(plan.ledger(&balances, 5));
+        for s in &all {
+            let highest = s
+                .sql
+                .split('$')
+                .skip(1)
+                .filter_map(|p| {
+                    p.chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                        .parse::<usize>()
+                        .ok()
+                })
+                .max()
+                .unwrap();
+            assert_eq!(highest, s.params.len(), "{}", s.sql);
+        }
+    }
+
+    #[test]
+    fn balances_after_count_back_from_the_new_balance() {
+        let calls = vec![call("a", "ns", 100, None), call("b", "ns", 50, None)];
+        let mut plan = Plan::new(&calls);
+        let ledger = plan.ledger(&[850], 7);
+        assert_eq!(ledger.len(), 1);
+        let after: Vec<&Param<'_>> = ledger[0].params.iter().skip(5).step_by(9).collect();
+        assert_eq!(after, [&Param::Int(900), &Param::Int(850)]);
+    }
+}
