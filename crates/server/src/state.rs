@@ -9,11 +9,13 @@ use tally_store::Store;
 use crate::auth::{Passwords, Tokens};
 use crate::config::Settings;
 use crate::gateway::Gateway;
+use crate::throttle::AuthThrottle;
 
 pub struct AppState {
     pub store: Store,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    pub throttle: Arc<AuthThrottle>,
     pub gateway: Arc<Gateway>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,

@@ -47,7 +47,16 @@ pub async fn welcome(
     state: &AppState,
     namespace_id: &str,
 ) -> ApiResult<()> {
-    let amount = state.settings.gateway.welcome_test_credits_micros;
+    welcome_credits(conn, &state.settings.gateway, namespace_id).await
+}
+
+/// The test credits a new namespace starts with (`welcome_test_credits_micros`).
+pub async fn welcome_credits(
+    conn: &mut AnyConnection,
+    gateway: &crate::config::GatewaySettings,
+    namespace_id: &str,
+) -> ApiResult<()> {
+    let amount = gateway.welcome_test_credits_micros;
     if amount > 0 {
         tally_store::ledger::append(
             conn,

@@ -15,6 +15,8 @@ mod members;
 mod monitoring;
 mod namespaces;
 mod openapi;
+mod operators;
 mod sellers;
 mod subscriptions;
 mod system;
+mod throttle;
