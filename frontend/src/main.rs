@@ -11,8 +11,8 @@ use leptos_router::path;
 
 use crate::components::layout::Layout;
 use crate::pages::{
-    auth, catalog, credits, dashboard, finance, invite, keys, monitoring,
-    placeholder::Placeholder, playground, settings,
+    auth, catalog, credits, dashboard, finance, invite, keys, monitoring, placeholder::Placeholder,
+    playground, settings,
 };
 
 #[component]

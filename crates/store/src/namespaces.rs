@@ -305,16 +305,6 @@ pub async fn invitations(
     rows.iter().map(invitation_from_row).collect()
 }
 
-pub async fn count_invitations(conn: &mut AnyConnection, namespace_id: &str) -> Result<i64> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM invitations WHERE namespace_id = $1",
-    )
-    .bind(namespace_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(n)
-}
-
 /// The invitation whose token hashes to `token_hash`, with its namespace's
 /// name and the inviter's display name; expired ones too.
 pub async fn invitation_by_token(

@@ -6,7 +6,13 @@ use sqlx::AnyConnection;
 
 use crate::{now_ms, Result};
 
+/// Stores a new token, dropping expired ones (each start without an operator
+/// adds one, so this keeps the table as small as the live tokens).
 pub async fn insert(conn: &mut AnyConnection, token_hash: &str, expires_at: i64) -> Result<()> {
+    sqlx::query("DELETE FROM setup_tokens WHERE expires_at <= $1")
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO setup_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)",
     )

@@ -477,7 +477,10 @@ impl Setup {
         let token = text(&auth["access_token"], "access_token")?;
         let me = call(addr, "GET", "/api/v1/me", Some(&token), None)?;
         if me["is_operator"] != true {
-            bail!("the setup token should make an operator, but /api/v1/me says is_operator = {}", me["is_operator"]);
+            bail!(
+                "the setup token should make an operator, but /api/v1/me says is_operator = {}",
+                me["is_operator"]
+            );
         }
         let namespace = text(&me["namespaces"][0]["id"], "namespaces[0].id")?;
         call(

@@ -44,7 +44,7 @@ fn to_invitation(row: InvitationRow) -> Invitation {
 
 /// Pending invitations one namespace may have (a bound on what an admin can
 /// make the server store).
-const MAX_INVITATIONS: i64 = 500;
+const MAX_INVITATIONS: usize = 500;
 const INVITATION_PREFIX: &str = "tin_";
 
 async fn event(
@@ -153,7 +153,9 @@ pub async fn add(
             "this email is already a member; change its role instead",
         ));
     }
-    if tally_store::namespaces::count_invitations(&mut tx, ns_id).await? >= MAX_INVITATIONS {
+    // A renewal replaces a row; only a new email adds one.
+    let pending = tally_store::namespaces::invitations(&mut tx, ns_id).await?;
+    if pending.len() >= MAX_INVITATIONS && !pending.iter().any(|i| i.email == email) {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("a namespace has at most {MAX_INVITATIONS} pending invitations; withdraw some"),
