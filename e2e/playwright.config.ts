@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { OPERATOR_EMAIL } from './operator';
+import { randomBytes } from 'node:crypto';
 
 const root = path.resolve(__dirname, '..');
 const bin = path.resolve(process.env.TALLY_BIN ?? path.join(root, 'target/debug/tally'));
@@ -32,8 +33,17 @@ if (!process.env.TALLY_E2E_DATA_DIR) {
 if (!process.env.TALLY_E2E_DEPOSIT_SECRET) {
   process.env.TALLY_E2E_DEPOSIT_SECRET = `e2e-${Date.now()}-${Math.random().toString(36).slice(2)}`;
 }
+// The operator is made explicitly, as on a real server: `tally admin create-operator`
+// with a password read from a file (never a command-line argument).
+if (!process.env.TALLY_E2E_OPERATOR_PASSWORD) {
+  process.env.TALLY_E2E_OPERATOR_PASSWORD = randomBytes(18).toString('base64url');
+}
 const port = Number(process.env.TALLY_E2E_PORT);
 const dataDir = process.env.TALLY_E2E_DATA_DIR;
+const passwordFile = path.join(dataDir, 'operator-password');
+if (!fs.existsSync(passwordFile)) {
+  fs.writeFileSync(passwordFile, `${process.env.TALLY_E2E_OPERATOR_PASSWORD}\n`, { mode: 0o600 });
+}
 const baseURL = `http://127.0.0.1:${port}`;
 
 export default defineConfig({
@@ -63,13 +73,17 @@ export default defineConfig({
     },
   },
   webServer: {
-    command: `"${bin}" serve --bind 127.0.0.1:${port} --data-dir "${dataDir}" --static-dir "${staticDir}"`,
+    command:
+      `"${bin}" admin --data-dir "${dataDir}" create-operator --email ${OPERATOR_EMAIL} --password-file "${passwordFile}" && ` +
+      `exec "${bin}" serve --bind 127.0.0.1:${port} --data-dir "${dataDir}" --static-dir "${staticDir}"`,
     url: `${baseURL}/readyz`,
     timeout: 60_000,
     env: {
       TALLY_BILLING__DEPOSIT_SECRET: process.env.TALLY_E2E_DEPOSIT_SECRET,
-      // An operator whatever test signs up first (tests that manage the catalog).
-      TALLY_OPERATORS: `["${OPERATOR_EMAIL}"]`,
+      // Every test signs up from 127.0.0.1: the sign-up and login throttles are
+      // raised so that the suite's own accounts stay under them.
+      TALLY_AUTH__IP_REQUESTS_PER_MINUTE: '10000',
+      TALLY_AUTH__SIGNUPS_PER_IP_PER_HOUR: '10000',
     },
     reuseExistingServer: false,
     stdout: 'ignore',

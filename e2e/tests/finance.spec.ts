@@ -1,5 +1,5 @@
 import { expect, Page, test } from '@playwright/test';
-import { OPERATOR_EMAIL } from '../operator';
+import { operatorAuth } from '../operator';
 import { createHmac } from 'node:crypto';
 import * as fs from 'node:fs';
 
@@ -192,12 +192,7 @@ test('a subscription starts when its first intent is paid, and the spending log 
 });
 
 test('a seller below its critical balance sees the paused banner, which leads to Finance', async ({ page, request }) => {
-  const signupAs = async (email: string) => {
-    const res = await request.post('/api/v1/auth/signup', { data: { email, password } });
-    expect(res.status()).toBe(201);
-    return `Bearer ${(await res.json()).access_token}`;
-  };
-  const operator = await signupAs(OPERATOR_EMAIL);
+  const operator = await operatorAuth(request);
 
   await signUp(page, 'seller');
   await expect(page.getByTestId('paused-banner')).toHaveCount(0);

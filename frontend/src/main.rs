@@ -11,7 +11,7 @@ use leptos_router::path;
 
 use crate::components::layout::Layout;
 use crate::pages::{
-    auth, catalog, credits, dashboard, finance, keys, monitoring, placeholder::Placeholder,
+    auth, catalog, credits, dashboard, finance, invite, keys, monitoring, placeholder::Placeholder,
     playground, settings,
 };
 
@@ -23,6 +23,8 @@ fn App() -> impl IntoView {
             <Routes fallback=|| view! { <p class="content">"Page not found. " <a href="/">"Back to the dashboard"</a></p> }>
                 <Route path=path!("/login") view=auth::Login />
                 <Route path=path!("/signup") view=auth::Signup />
+                <Route path=path!("/setup") view=auth::Setup />
+                <Route path=path!("/invite") view=invite::Invite />
                 <ParentRoute path=path!("") view=Layout>
                     <Route path=path!("") view=dashboard::Dashboard />
                     <Route path=path!("settings") view=settings::Settings />

@@ -26,6 +26,21 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// Creates the server's first operator with the one-time setup token that the
+/// server made at its first start (A1). An email that already has an account
+/// needs that account's password, and the account becomes the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetupRequest {
+    /// The setup token (`tsu_…`): printed at start and kept in `<data_dir>/setup-token`.
+    pub token: String,
+    pub email: String,
+    /// At least 8 characters, at most 256.
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshRequest {
@@ -64,7 +79,8 @@ pub struct Me {
     pub account: Account,
     pub namespaces: Vec<NamespaceWithRole>,
     /// Operators run the server: they manage the catalog and grant credits.
-    /// The first account of a server is one; `operators` in the config names more.
+    /// They are made explicitly: `tally admin create-operator` or
+    /// `grant-operator`, or the one-time setup token of a new server.
     #[serde(default)]
     pub is_operator: bool,
 }

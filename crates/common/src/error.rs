@@ -22,6 +22,9 @@ pub enum ErrorCode {
     TokenExpired,
     /// The refresh token is unknown, expired, revoked or already used (401).
     InvalidRefreshToken,
+    /// The setup token is unknown, expired or used, or the server already has
+    /// an operator (401).
+    InvalidSetupToken,
     /// Authenticated, but the role does not allow this action (403).
     Forbidden,
     /// The resource does not exist or is not visible to the caller (404).
@@ -32,6 +35,8 @@ pub enum ErrorCode {
     Conflict,
     /// The change would leave a namespace without an owner (409).
     LastOwner,
+    /// The invitation's link is past its expiry; ask for a new one (410).
+    InvitationExpired,
     /// The body is larger than the server accepts (413).
     PayloadTooLarge,
     /// Too many requests; see `Retry-After` (429).
@@ -76,11 +81,13 @@ impl ErrorCode {
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::InvalidRefreshToken => "invalid_refresh_token",
+            ErrorCode::InvalidSetupToken => "invalid_setup_token",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::LastOwner => "last_owner",
+            ErrorCode::InvitationExpired => "invitation_expired",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::InvalidApiKey => "invalid_api_key",
@@ -110,6 +117,7 @@ impl ErrorCode {
             | ErrorCode::InvalidCredentials
             | ErrorCode::TokenExpired
             | ErrorCode::InvalidRefreshToken
+            | ErrorCode::InvalidSetupToken
             | ErrorCode::InvalidApiKey
             | ErrorCode::KeyRevoked
             | ErrorCode::KeyExpired
@@ -120,6 +128,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict | ErrorCode::LastOwner => 409,
+            ErrorCode::InvitationExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,

@@ -99,16 +99,23 @@ pub struct Member {
     pub joined_at: String,
 }
 
-/// A pending membership for an email that has no account yet; it turns into a
-/// membership when that email signs up.
+/// A pending invitation to a namespace. Whoever holds its link (the token,
+/// shown once when it is made) accepts it while signed in, and joins with the
+/// role; nothing is ever joined by email alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Invitation {
     pub id: String,
+    /// Whom the inviter meant; a note, not a check: any signed-in account
+    /// holding the link can accept it.
     pub email: String,
     pub role: Role,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// RFC 3339 UTC; after it the link no longer works.
+    pub expires_at: String,
+    /// Past `expires_at`: withdraw it and invite again for a new link.
+    pub expired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,14 +132,39 @@ pub struct AddMemberRequest {
     pub role: Role,
 }
 
-/// `added` when the email has an account (it is a member now), `invited` when
-/// it does not (it becomes a member on sign-up).
+/// A new invitation and its token, returned once: only a hash is kept, so
+/// the link cannot be shown again (inviting the same email again makes a new
+/// one and the old link stops working).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum AddMemberResponse {
-    Added { member: Member },
-    Invited { invitation: Invitation },
+pub struct AddMemberResponse {
+    pub invitation: Invitation,
+    /// The secret the invitee presents (`tin_…`, 256 random bits).
+    pub token: String,
+    /// The dashboard link to send, relative to the server's address:
+    /// `/invite#<token>` (a fragment, so the token never reaches a server log).
+    pub invite_path: String,
+}
+
+/// An invitation token, in a body rather than a URL so that it never shows up
+/// in access logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvitationTokenRequest {
+    pub token: String,
+}
+
+/// What an invitation offers, for the invitee to read before accepting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InvitationPreview {
+    pub namespace_name: String,
+    pub role: Role,
+    pub email: String,
+    /// The display name of whoever invited.
+    pub invited_by: String,
+    /// RFC 3339 UTC.
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,7 +27,9 @@ pub struct Settings {
     pub static_dir: PathBuf,
     pub log_format: LogFormat,
     pub auth: AuthSettings,
-    /// Emails of accounts that are operators (besides the server's first account).
+    /// No longer supported: an email in a config file never makes an operator
+    /// (anyone could sign up with it first). `tally serve` refuses to start
+    /// while it is set and names `tally admin grant-operator` instead.
     pub operators: Vec<String>,
     /// Catalog APIs owned by this file: created or replaced at every start.
     pub catalog: Vec<tally_common::CatalogApiConfig>,
@@ -74,6 +76,43 @@ pub struct AuthSettings {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// Password hashes computed at once (each takes `argon2_memory_kib`);
+    /// 0: one per CPU. Further sign-ups and logins wait their turn.
+    pub max_concurrent_hashes: usize,
+    /// How long a sign-up or login waits for a hashing slot before it gets 503
+    /// `unavailable` with `Retry-After`.
+    pub hash_wait_ms: u64,
+    /// How long the one-time setup token of a server without an operator
+    /// works (a restart makes a new one).
+    pub setup_token_ttl_secs: i64,
+    /// How long an invitation link works.
+    pub invitation_ttl_secs: i64,
+    /// Requests to sign-up, login, setup, refresh and invitations from one
+    /// client address per minute (a burst of that many, then one every
+    /// 60/N s). 0 turns a limit off.
+    pub ip_requests_per_minute: u32,
+    /// Sign-ups from one client address per hour.
+    pub signups_per_ip_per_hour: u32,
+    /// Sign-up attempts for one email per hour (a taken email answers 409,
+    /// so this also bounds how fast emails can be probed).
+    pub signups_per_email_per_hour: u32,
+    /// Failed logins of one account from one client address per 15 minutes;
+    /// then one more try every 15/N minutes. A successful login clears it.
+    pub login_failures_per_account_ip: u32,
+    /// Failed logins of one account from all addresses together per hour:
+    /// looser, so that one address cannot lock a victim out, and still a
+    /// ceiling on guesses from many addresses.
+    pub login_failures_per_account_per_hour: u32,
+    /// Invitation accepts by one signed-in account per hour.
+    pub invitation_accepts_per_account_per_hour: u32,
+    /// Most throttle entries kept in memory (client addresses, emails,
+    /// accounts); idle ones go first, and an entry is dropped as soon as its
+    /// budget is full again.
+    pub throttle_max_entries: u64,
+    /// Addresses or CIDR ranges of reverse proxies in front of this server.
+    /// Only when the peer is one of them is `X-Forwarded-For` read for the
+    /// client's address (its right-most address that is not a proxy).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AuthSettings {
@@ -85,6 +124,18 @@ impl Default for AuthSettings {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+            hash_wait_ms: 5_000,
+            setup_token_ttl_secs: 24 * 3600,
+            invitation_ttl_secs: 7 * 24 * 3600,
+            ip_requests_per_minute: 30,
+            signups_per_ip_per_hour: 10,
+            signups_per_email_per_hour: 5,
+            login_failures_per_account_ip: 5,
+            login_failures_per_account_per_hour: 100,
+            invitation_accepts_per_account_per_hour: 20,
+            throttle_max_entries: 100_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

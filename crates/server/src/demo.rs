@@ -5,7 +5,12 @@
 //! signs up) over the REST API, creates keys, and sends every call through the
 //! real gateway over HTTP, so what it leaves behind is exactly what real
 //! callers would: usage events, ledger entries, rollups and events. It never
-//! writes to the database itself. Everything works offline: test keys reach
+//! writes to the database itself. It has no fixed password: unless one is
+//! given, it generates one on first use and keeps it in
+//! `<data_dir>/demo-password` (mode 0600), so later runs sign in again. It
+//! becomes an operator only through the explicit bootstrap: when the server's
+//! setup token is in the data directory (a server that has no operator yet),
+//! the demo uses it for its account. Everything works offline: test keys reach
 //! the built-in sandbox; when the account is an operator, the demo adds three
 //! demo APIs to the catalog whose live upstream is this same server (called
 //! with a test key of a separate "Demo upstream" namespace), so live keys get
@@ -14,6 +19,7 @@
 //! (403), and calls whose maximum cost exceeds the balance (402).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -32,7 +38,10 @@ pub struct DemoOptions {
     /// The server's base URL, e.g. `http://127.0.0.1:8080`.
     pub url: String,
     pub email: String,
-    pub password: String,
+    /// `None`: the one kept in `<data_dir>/demo-password`, made on first use.
+    pub password: Option<String>,
+    /// The server's data directory: its setup token, the demo's password.
+    pub data_dir: PathBuf,
     /// A namespace id or name; a name that does not exist yet is created.
     /// Default: the account's first namespace.
     pub namespace: Option<String>,
@@ -117,21 +126,96 @@ fn error_message(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
 }
 
-/// Signs in, or signs up when the account does not exist yet.
-async fn sign_in(http: &reqwest::Client, opts: &DemoOptions) -> anyhow::Result<(Client, bool)> {
+const PASSWORD_FILE: &str = "demo-password";
+
+/// The demo account's password: given, kept from an earlier run, or new (and
+/// then kept, readable by this user only).
+fn demo_password(opts: &DemoOptions) -> anyhow::Result<String> {
+    if let Some(password) = &opts.password {
+        return Ok(password.clone());
+    }
+    let path = opts.data_dir.join(PASSWORD_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let kept = text.trim();
+        if !kept.is_empty() {
+            return Ok(kept.to_owned());
+        }
+    }
+    let password: String = rand::thread_rng()
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    write_private(&path, &password)
+        .with_context(|| format!("cannot keep the demo password in {}", path.display()))?;
+    Ok(password)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)?
+        .write_all(format!("{text}\n").as_bytes())
+}
+
+/// How the demo got its session.
+enum SignedIn {
+    SetUp,
+    LoggedIn,
+    SignedUp,
+}
+
+/// Uses the server's setup token when it is in the data directory (the
+/// account becomes the first operator), else logs in, else signs up.
+async fn sign_in(
+    http: &reqwest::Client,
+    opts: &DemoOptions,
+    log: &mut Vec<String>,
+) -> anyhow::Result<(Client, SignedIn)> {
     let mut client = Client {
         http: http.clone(),
         base: opts.url.trim_end_matches('/').to_owned(),
         token: String::new(),
     };
-    let creds = json!({ "email": opts.email, "password": opts.password });
+    let password = demo_password(opts)?;
+    let setup_file = opts.data_dir.join("setup-token");
+    if let Ok(token) = std::fs::read_to_string(&setup_file) {
+        let setup = json!({ "token": token.trim(), "email": opts.email,
+                            "password": password, "display_name": "Demo" });
+        let (status, body) = client
+            .send(Method::POST, "/api/v1/auth/setup", None, Some(&setup), None)
+            .await?;
+        if status.is_success() {
+            client.token = serde_json::from_slice::<AuthResponse>(&body)?.access_token;
+            return Ok((client, SignedIn::SetUp));
+        }
+        log.push(format!(
+            "setup token in {} not used: {}",
+            setup_file.display(),
+            error_message(&body)
+        ));
+    }
+    let creds = json!({ "email": opts.email, "password": password });
     let (status, body) = client
         .send(Method::POST, "/api/v1/auth/login", None, Some(&creds), None)
         .await?;
-    let (auth, created) = if status.is_success() {
-        (serde_json::from_slice::<AuthResponse>(&body)?, false)
+    let (auth, how) = if status.is_success() {
+        (
+            serde_json::from_slice::<AuthResponse>(&body)?,
+            SignedIn::LoggedIn,
+        )
     } else if status == StatusCode::UNAUTHORIZED {
-        let signup = json!({ "email": opts.email, "password": opts.password,
+        let signup = json!({ "email": opts.email, "password": password,
                              "display_name": "Demo" });
         let (status, body) = client
             .send(
@@ -142,6 +226,14 @@ async fn sign_in(http: &reqwest::Client, opts: &DemoOptions) -> anyhow::Result<(
                 None,
             )
             .await?;
+        if status == StatusCode::CONFLICT {
+            bail!(
+                "{} has an account whose password is not the demo's (kept in {}); \
+                 pass --password, or use another --email",
+                opts.email,
+                opts.data_dir.join(PASSWORD_FILE).display()
+            );
+        }
         if !status.is_success() {
             bail!(
                 "cannot log in or sign up as {}: {}",
@@ -149,12 +241,15 @@ async fn sign_in(http: &reqwest::Client, opts: &DemoOptions) -> anyhow::Result<(
                 error_message(&body)
             );
         }
-        (serde_json::from_slice::<AuthResponse>(&body)?, true)
+        (
+            serde_json::from_slice::<AuthResponse>(&body)?,
+            SignedIn::SignedUp,
+        )
     } else {
         bail!("login answered {status}: {}", error_message(&body));
     };
     client.token = auth.access_token;
-    Ok((client, created))
+    Ok((client, how))
 }
 
 async fn pick_namespace(
@@ -513,14 +608,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let (client, signed_up) = sign_in(&http, &opts).await?;
     let mut log = Vec::new();
+    let (client, how) = sign_in(&http, &opts, &mut log).await?;
     log.push(format!(
         "account: {} ({})",
         opts.email,
-        if signed_up { "signed up" } else { "logged in" }
+        match how {
+            SignedIn::SetUp => "created as the server's first operator with its setup token",
+            SignedIn::LoggedIn => "logged in",
+            SignedIn::SignedUp => "signed up",
+        }
     ));
     let me: Me = client.rest(Method::GET, "/api/v1/me", None).await?;
+    if !me.is_operator {
+        log.push(format!(
+            "not an operator: test credits only, no demo APIs or live credits \
+             (`tally admin grant-operator --email {}` changes that)",
+            opts.email
+        ));
+    }
     let ns = pick_namespace(&client, &me, opts.namespace.as_deref()).await?;
     let ns_id = ns.namespace.id.clone();
     log.push(format!("namespace: {} ({ns_id})", ns.namespace.name));

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub message: String,
     /// Logged, never returned.
     source: Option<anyhow::Error>,
+    /// Sent as `Retry-After` (seconds), with 429 and 503.
+    retry_after_secs: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -29,7 +31,24 @@ impl ApiError {
             code,
             message: message.into(),
             source: None,
+            retry_after_secs: None,
         }
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` rounded up to whole seconds.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self::new(ErrorCode::RateLimited, message).with_retry_after(wait)
+    }
+
+    /// Adds `Retry-After` (at least one second).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -54,6 +73,7 @@ impl ApiError {
             code: ErrorCode::Internal,
             message: "internal error; quote the request id when reporting it".into(),
             source: Some(cause.into()),
+            retry_after_secs: None,
         }
     }
 
@@ -108,6 +128,12 @@ impl ResponseError for ApiError {
             tracing::error!(code = %self.code, error = format!("{cause:#}"), "request failed");
         }
         let mut res = HttpResponse::build(self.status_code()).json(self.body());
+        if let Some(secs) = self.retry_after_secs {
+            res.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from(secs),
+            );
+        }
         if self.code == ErrorCode::Unauthorized
             || self.code == ErrorCode::TokenExpired
             || self.code == ErrorCode::InvalidCredentials

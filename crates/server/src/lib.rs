@@ -15,6 +15,7 @@ pub mod routes;
 pub mod services;
 pub mod state;
 pub mod telemetry;
+pub mod throttle;
 pub mod upkeep;
 
 use std::net::TcpListener;
@@ -51,6 +52,22 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if !settings.operators.is_empty() {
+            anyhow::bail!(
+                "the `operators` setting no longer makes operators (anyone could sign up with \
+                 one of its emails first). Make each one an operator with \
+                 `tally admin grant-operator --email EMAIL` (or create the account with \
+                 `tally admin create-operator --email EMAIL`), then remove `operators` from the \
+                 configuration"
+            );
+        }
+        let throttle = Arc::new(
+            throttle::AuthThrottle::new(
+                &settings.auth,
+                throttle::memory::MemoryLimiter::new(settings.auth.throttle_max_entries),
+            )
+            .context("invalid auth settings")?,
+        );
         let url = settings
             .database_url()
             .context("cannot create the data directory")?;
@@ -128,11 +145,15 @@ impl Application {
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
         let addr = listener.local_addr()?;
+        auth::bootstrap::prepare_setup(&store, &settings, &base_url(addr))
+            .await
+            .context("cannot prepare the setup token")?;
         let state = web::Data::new(AppState {
             store,
             tokens,
             passwords,
             accounts,
+            throttle,
             gateway,
             settings: Arc::new(settings),
             started_at: chrono::Utc::now(),
@@ -167,6 +188,17 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// How to reach a server listening on `addr` from this machine.
+fn base_url(addr: std::net::SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
 }
 
 /// The whole HTTP application for one worker.

@@ -33,6 +33,44 @@ enum Command {
     Openapi,
     /// Fill a namespace with realistic traffic through a running server's gateway (O4).
     Demo(DemoArgs),
+    /// Manage operators directly in the configured database (A1).
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[command(subcommand)]
+    command: AdminCommand,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account that is an operator. The password is read from
+    /// --password-file, else prompted for on a terminal, else read from the
+    /// first line of standard input; it is never a command-line argument.
+    CreateOperator {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Make an existing account an operator.
+    GrantOperator {
+        #[arg(long)]
+        email: String,
+    },
+    /// Take operator rights away from an account (the account stays).
+    RevokeOperator {
+        #[arg(long)]
+        email: String,
+    },
+    /// List the operators.
+    ListOperators,
 }
 
 #[derive(Args)]
@@ -40,13 +78,20 @@ struct DemoArgs {
     /// Base URL of the running server.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "TALLY_DEMO_URL")]
     url: String,
-    /// Account to use; signed up when it does not exist. On a new server the
-    /// first account is an operator, which lets the demo add demo APIs and
+    /// Account to use; signed up when it does not exist. When the server has no
+    /// operator yet and its setup token is in the data directory, the account
+    /// becomes the operator through it, which lets the demo add demo APIs and
     /// grant live credits.
     #[arg(long, default_value = "demo@example.com", env = "TALLY_DEMO_EMAIL")]
     email: String,
-    #[arg(long, default_value = "demo-password", env = "TALLY_DEMO_PASSWORD")]
-    password: String,
+    /// The account's password. Default: generated on first use and kept in
+    /// <data_dir>/demo-password (mode 0600), so later runs sign in again.
+    #[arg(long, env = "TALLY_DEMO_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// The server's data directory, where the setup token and the demo
+    /// password are kept (default: the `data_dir` setting, ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Namespace id or name (a new name is created); default the account's first.
     #[arg(long)]
     namespace: Option<String>,
@@ -100,10 +145,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => {
+            let overrides = Overrides {
+                data_dir: args.data_dir,
+                ..Overrides::default()
+            };
+            let settings = Settings::load(cli.config.as_deref(), &overrides)?;
             let opts = demo::DemoOptions {
                 url: args.url,
                 email: args.email,
                 password: args.password,
+                data_dir: settings.data_dir,
                 namespace: args.namespace,
                 calls: args.calls,
                 duration: args.duration.map(std::time::Duration::from_secs),
@@ -133,6 +184,22 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Admin(args) => {
+            let overrides = Overrides {
+                data_dir: args.db.data_dir,
+                database_url: args.db.database_url,
+                ..Overrides::default()
+            };
+            let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+            telemetry::init_tracing(settings.log_format);
+            let password = match &args.command {
+                AdminCommand::CreateOperator { password_file, .. } => {
+                    Some(read_password(password_file.as_deref())?)
+                }
+                _ => None,
+            };
+            actix_web::rt::System::new().block_on(admin(settings, args.command, password))
+        }
         Command::Migrate(args) => {
             let overrides = Overrides {
                 data_dir: args.data_dir,
@@ -153,4 +220,78 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The new operator's password: from a file, a prompt, or standard input.
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let first_line = |text: &str| text.lines().next().unwrap_or_default().to_owned();
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        return Ok(first_line(&text));
+    }
+    if std::io::stdin().is_terminal() {
+        let password = rpassword::prompt_password("Password for the new operator: ")?;
+        let again = rpassword::prompt_password("The same password again: ")?;
+        anyhow::ensure!(password == again, "the two passwords differ");
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(first_line(&line))
+}
+
+async fn admin(
+    settings: Settings,
+    command: AdminCommand,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    use tally_server::auth::bootstrap;
+    let store = tally_store::Store::connect(&tally_store::ConnectOptions {
+        url: settings.database_url()?,
+        max_connections: 2,
+    })
+    .await
+    .context("cannot connect to the database")?;
+    store.migrate().await.context("database migration failed")?;
+    match command {
+        AdminCommand::CreateOperator {
+            email,
+            display_name,
+            ..
+        } => {
+            let passwords = tally_server::auth::Passwords::new(&settings.auth)?;
+            let account = bootstrap::create_operator(
+                &store,
+                &settings,
+                &passwords,
+                &email,
+                &password.unwrap_or_default(),
+                display_name.as_deref(),
+            )
+            .await?;
+            println!("created operator {} ({})", account.email, account.id);
+        }
+        AdminCommand::GrantOperator { email } => {
+            let account = bootstrap::grant_operator(&store, &settings, &email).await?;
+            println!("{} is an operator", account.email);
+        }
+        AdminCommand::RevokeOperator { email } => {
+            let left = bootstrap::revoke_operator(&store, &email).await?;
+            println!("{email} is no longer an operator");
+            if left == 0 {
+                println!(
+                    "no operator is left: the next start of the server makes a new setup token"
+                );
+            }
+        }
+        AdminCommand::ListOperators => {
+            for account in bootstrap::list_operators(&store).await? {
+                println!("{}\t{}", account.email, account.id);
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
 }

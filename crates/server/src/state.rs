@@ -10,6 +10,7 @@ use crate::auth::{Passwords, Tokens};
 use crate::config::Settings;
 use crate::gateway::Gateway;
 use crate::services::accounts::Accounts;
+use crate::throttle::AuthThrottle;
 
 pub struct AppState {
     pub store: Store,
@@ -17,6 +18,7 @@ pub struct AppState {
     pub passwords: Passwords,
     /// The in-memory balances (`services::accounts`), shared with the gateway.
     pub accounts: Arc<Accounts>,
+    pub throttle: Arc<AuthThrottle>,
     pub gateway: Arc<Gateway>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,

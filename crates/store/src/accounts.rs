@@ -12,7 +12,8 @@ pub struct AccountRow {
     pub display_name: String,
     pub password_hash: String,
     pub created_at: i64,
-    /// The first account of a server is an operator.
+    /// Runs the server (catalog, grants). Set only explicitly: `tally admin`,
+    /// or the one-time setup token of a server without an operator.
     pub is_operator: bool,
 }
 
@@ -29,18 +30,18 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<AccountRow> {
 
 const COLUMNS: &str = "id, email, display_name, password_hash, created_at, is_operator";
 
-/// Inserts an account; `StoreError::Conflict` when the email is taken. The
-/// first account of the database becomes an operator.
+/// Inserts an account; `StoreError::Conflict` when the email is taken.
+/// Nothing about the other accounts decides `is_operator`: only the caller.
 pub async fn insert(
     conn: &mut AnyConnection,
     email: &str,
     display_name: &str,
     password_hash: &str,
+    is_operator: bool,
 ) -> Result<AccountRow> {
     let sql = format!(
         "INSERT INTO accounts (id, email, display_name, password_hash, created_at, is_operator) \
-         VALUES ($1, $2, $3, $4, $5, \
-           CASE WHEN EXISTS (SELECT 1 FROM accounts) THEN 0 ELSE 1 END) RETURNING {COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(new_id("acc"))
@@ -48,9 +49,37 @@ pub async fn insert(
         .bind(display_name)
         .bind(password_hash)
         .bind(now_ms())
+        .bind(i64::from(is_operator))
         .fetch_one(&mut *conn)
         .await?;
     from_row(&row)
+}
+
+/// Makes an account an operator or takes that away; false when there is no
+/// such account.
+pub async fn set_operator(conn: &mut AnyConnection, id: &str, is_operator: bool) -> Result<bool> {
+    let res = sqlx::query("UPDATE accounts SET is_operator = $1 WHERE id = $2")
+        .bind(i64::from(is_operator))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Every operator, oldest first.
+pub async fn operators(conn: &mut AnyConnection) -> Result<Vec<AccountRow>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM accounts WHERE is_operator = 1 ORDER BY created_at, id");
+    let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Whether the server has at least one operator.
+pub async fn any_operator(conn: &mut AnyConnection) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM accounts WHERE is_operator = 1 LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
 }
 
 pub async fn by_email(conn: &mut AnyConnection, email: &str) -> Result<Option<AccountRow>> {

@@ -28,6 +28,7 @@ pub mod rollups;
 pub mod sellers;
 pub mod sessions;
 pub mod settings;
+pub mod setup_tokens;
 pub mod statements;
 pub mod subscriptions;
 mod threshold;

@@ -35,6 +35,16 @@ pub struct InvitationRow {
     pub email: String,
     pub role: Role,
     pub created_at: i64,
+    /// 0 for invitations made before tokens (never valid).
+    pub expires_at: i64,
+}
+
+/// An invitation as its token's holder sees it.
+#[derive(Debug, Clone)]
+pub struct InvitationPreviewRow {
+    pub invitation: InvitationRow,
+    pub namespace_name: String,
+    pub invited_by: String,
 }
 
 fn role(s: &str) -> Result<Role> {
@@ -225,20 +235,26 @@ pub async fn count_owners(conn: &mut AnyConnection, namespace_id: &str) -> Resul
     Ok(n)
 }
 
-/// Creates or updates the invitation of an email to a namespace.
+/// Creates the invitation of an email to a namespace, or renews it: a new
+/// token (the old one stops working), role, inviter and expiry.
 pub async fn upsert_invitation(
     conn: &mut AnyConnection,
     namespace_id: &str,
     email: &str,
     role: Role,
     invited_by: &str,
+    token_hash: &str,
+    expires_at: i64,
 ) -> Result<InvitationRow> {
     let id = new_id("inv");
     let now = now_ms();
     let row = sqlx::query(
-        "INSERT INTO invitations (id, namespace_id, email, role, invited_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (namespace_id, email) DO UPDATE SET role = excluded.role \
+        "INSERT INTO invitations \
+           (id, namespace_id, email, role, invited_by, created_at, token_hash, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (namespace_id, email) DO UPDATE SET role = excluded.role, \
+           invited_by = excluded.invited_by, created_at = excluded.created_at, \
+           token_hash = excluded.token_hash, expires_at = excluded.expires_at \
          RETURNING id, created_at",
     )
     .bind(&id)
@@ -247,6 +263,8 @@ pub async fn upsert_invitation(
     .bind(role.as_str())
     .bind(invited_by)
     .bind(now)
+    .bind(token_hash)
+    .bind(expires_at)
     .fetch_one(&mut *conn)
     .await?;
     Ok(InvitationRow {
@@ -255,8 +273,11 @@ pub async fn upsert_invitation(
         email: email.to_owned(),
         role,
         created_at: row.try_get("created_at")?,
+        expires_at,
     })
 }
+
+const INVITATION_COLUMNS: &str = "id, namespace_id, email, role, created_at, expires_at";
 
 fn invitation_from_row(r: &sqlx::any::AnyRow) -> Result<InvitationRow> {
     Ok(InvitationRow {
@@ -265,6 +286,7 @@ fn invitation_from_row(r: &sqlx::any::AnyRow) -> Result<InvitationRow> {
         email: r.try_get("email")?,
         role: role(r.try_get::<&str, _>("role")?)?,
         created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
     })
 }
 
@@ -272,29 +294,56 @@ pub async fn invitations(
     conn: &mut AnyConnection,
     namespace_id: &str,
 ) -> Result<Vec<InvitationRow>> {
-    let rows = sqlx::query(
-        "SELECT id, namespace_id, email, role, created_at FROM invitations \
-         WHERE namespace_id = $1 ORDER BY created_at, email",
-    )
-    .bind(namespace_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let sql = format!(
+        "SELECT {INVITATION_COLUMNS} FROM invitations \
+         WHERE namespace_id = $1 ORDER BY created_at, email"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(namespace_id)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter().map(invitation_from_row).collect()
 }
 
-/// Removes and returns every invitation addressed to an email (on sign-up).
-pub async fn take_invitations_for(
+/// The invitation whose token hashes to `token_hash`, with its namespace's
+/// name and the inviter's display name; expired ones too.
+pub async fn invitation_by_token(
     conn: &mut AnyConnection,
-    email: &str,
-) -> Result<Vec<InvitationRow>> {
-    let rows = sqlx::query(
-        "DELETE FROM invitations WHERE email = $1 \
-         RETURNING id, namespace_id, email, role, created_at",
+    token_hash: &str,
+) -> Result<Option<InvitationPreviewRow>> {
+    let row = sqlx::query(
+        "SELECT i.id, i.namespace_id, i.email, i.role, i.created_at, i.expires_at, \
+           n.name AS namespace_name, COALESCE(a.display_name, '') AS inviter \
+         FROM invitations i JOIN namespaces n ON n.id = i.namespace_id \
+         LEFT JOIN accounts a ON a.id = i.invited_by \
+         WHERE i.token_hash = $1",
     )
-    .bind(email)
-    .fetch_all(&mut *conn)
+    .bind(token_hash)
+    .fetch_optional(&mut *conn)
     .await?;
-    rows.iter().map(invitation_from_row).collect()
+    row.map(|r| {
+        Ok(InvitationPreviewRow {
+            invitation: invitation_from_row(&r)?,
+            namespace_name: r.try_get("namespace_name")?,
+            invited_by: r.try_get("inviter")?,
+        })
+    })
+    .transpose()
+}
+
+/// Removes and returns the invitation of a token, so that of two concurrent
+/// accepts only one gets it. The caller rolls back when it turns out expired.
+pub async fn take_invitation(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+) -> Result<Option<InvitationRow>> {
+    let sql =
+        format!("DELETE FROM invitations WHERE token_hash = $1 RETURNING {INVITATION_COLUMNS}");
+    let row = sqlx::query(&sql)
+        .bind(token_hash)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(invitation_from_row).transpose()
 }
 
 pub async fn delete_invitation(

@@ -117,7 +117,8 @@ pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
     let mut server = Server::start(cx, &tally, &work.path, &config, &pin)?;
     note(format!("tally on http://{}", server.addr));
 
-    let outcome = measure(cx, &pin, &json_flag, plan, &mock, server.addr);
+    let data_dir = work.path.join("data");
+    let outcome = measure(cx, &pin, &json_flag, plan, &mock, server.addr, &data_dir);
     // The server is stopped before the report so its log is complete when we show it.
     server.stop();
     match outcome {
@@ -139,9 +140,10 @@ fn measure(
     plan: Plan,
     mock: &MockUpstream,
     gateway: SocketAddr,
+    data_dir: &Path,
 ) -> Result<Report> {
-    step("sign up, grant live credits, create a live key");
-    let setup = Setup::create(gateway)?;
+    step("set up the operator (setup token), grant live credits, create a live key");
+    let setup = Setup::create(gateway, data_dir)?;
     note(format!(
         "namespace {}, key {} ({}…)",
         setup.namespace,
@@ -453,14 +455,20 @@ struct Setup {
 }
 
 impl Setup {
-    fn create(addr: SocketAddr) -> Result<Self> {
+    fn create(addr: SocketAddr, data_dir: &Path) -> Result<Self> {
+        // A fresh server has no operator: it writes a one-time setup token to its
+        // data directory, which makes this account the operator.
+        let token_file = data_dir.join("setup-token");
+        let setup_token = fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read the setup token {}", token_file.display()))?;
         let email = format!("bench-{}@example.com", std::process::id());
         let auth = call(
             addr,
             "POST",
-            "/api/v1/auth/signup",
+            "/api/v1/auth/setup",
             None,
             Some(&json!({
+                "token": setup_token.trim(),
                 "email": email,
                 "password": "benchmark password 1",
                 "display_name": "Benchmark",
@@ -469,7 +477,10 @@ impl Setup {
         let token = text(&auth["access_token"], "access_token")?;
         let me = call(addr, "GET", "/api/v1/me", Some(&token), None)?;
         if me["is_operator"] != true {
-            bail!("the first account of a fresh server should be an operator, but /api/v1/me says is_operator = {}", me["is_operator"]);
+            bail!(
+                "the setup token should make an operator, but /api/v1/me says is_operator = {}",
+                me["is_operator"]
+            );
         }
         let namespace = text(&me["namespaces"][0]["id"], "namespaces[0].id")?;
         call(

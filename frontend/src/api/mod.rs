@@ -215,6 +215,42 @@ pub async fn login(req: &LoginRequest) -> ApiResult<Tokens> {
     Ok(store_tokens(&auth))
 }
 
+/// Creates the server's first operator with its one-time setup token.
+pub async fn setup(req: &SetupRequest) -> ApiResult<Tokens> {
+    let res = send(
+        Method::Post,
+        "/api/v1/auth/setup",
+        to_value(req).as_ref(),
+        None,
+    )
+    .await?;
+    let auth: AuthResponse = decode(res).await?;
+    Ok(store_tokens(&auth))
+}
+
+/// What an invitation offers (no session needed).
+pub async fn lookup_invitation(token: &str) -> ApiResult<InvitationPreview> {
+    let body = to_value(&InvitationTokenRequest {
+        token: token.into(),
+    });
+    let res = send(
+        Method::Post,
+        "/api/v1/invitations/lookup",
+        body.as_ref(),
+        None,
+    )
+    .await?;
+    decode(res).await
+}
+
+/// Joins the invitation's namespace as the signed-in account.
+pub async fn accept_invitation(token: &str) -> ApiResult<NamespaceWithRole> {
+    let body = to_value(&InvitationTokenRequest {
+        token: token.into(),
+    });
+    authed(Method::Post, "/api/v1/invitations/accept", body).await
+}
+
 /// Ends the session on the server (best effort) and forgets it here.
 pub async fn logout() {
     if let Some(tokens) = stored_tokens() {

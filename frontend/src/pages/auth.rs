@@ -1,19 +1,41 @@
-//! Sign-up and log-in.
+//! Sign-up, log-in and the first operator's setup.
+//!
+//! After signing in, a pending invitation (opened at `/invite` before the
+//! visitor had a session) takes them back there to accept it.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::{Redirect, A};
 use leptos_router::hooks::use_navigate;
-use tally_common::{LoginRequest, SignupRequest};
+use tally_common::{LoginRequest, SetupRequest, SignupRequest};
 
 use crate::api;
 use crate::components::ErrorNotice;
+use crate::pages::invite::pending_invitation;
 use crate::state::use_app;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Login,
     Signup,
+    Setup,
+}
+
+/// Where to go once signed in: a pending invitation, else the dashboard.
+fn after_sign_in() -> &'static str {
+    if pending_invitation().is_some() {
+        "/invite"
+    } else {
+        "/"
+    }
+}
+
+/// The part of the address after `#`, where setup and invitation links carry
+/// their token (a fragment never reaches a server or its logs).
+pub fn location_fragment() -> Option<String> {
+    let hash = web_sys::window()?.location().hash().ok()?;
+    let token = hash.trim_start_matches('#').trim().to_owned();
+    (!token.is_empty()).then_some(token)
 }
 
 #[component]
@@ -26,10 +48,22 @@ pub fn Signup() -> impl IntoView {
     view! { <AuthForm mode=Mode::Signup /> }
 }
 
+/// The server's first operator, with the setup token from `/setup#TOKEN` (or
+/// pasted from `<data_dir>/setup-token`).
+#[component]
+pub fn Setup() -> impl IntoView {
+    view! { <AuthForm mode=Mode::Setup /> }
+}
+
 #[component]
 fn AuthForm(mode: Mode) -> impl IntoView {
     let app = use_app();
     let navigate = use_navigate();
+    let token = RwSignal::new(if mode == Mode::Setup {
+        location_fragment().unwrap_or_default()
+    } else {
+        String::new()
+    });
     let email = RwSignal::new(String::new());
     let password = RwSignal::new(String::new());
     let display_name = RwSignal::new(String::new());
@@ -61,6 +95,16 @@ fn AuthForm(mode: Mode) -> impl IntoView {
                     })
                     .await
                 }
+                Mode::Setup => {
+                    let name = display_name.get_untracked();
+                    api::setup(&SetupRequest {
+                        token: token.get_untracked(),
+                        email: email.get_untracked(),
+                        password: password.get_untracked(),
+                        display_name: (!name.trim().is_empty()).then_some(name),
+                    })
+                    .await
+                }
             };
             busy.set(false);
             match result {
@@ -68,7 +112,7 @@ fn AuthForm(mode: Mode) -> impl IntoView {
                     error.set(None);
                     app.account.set(Some(tokens.account));
                     app.reload.update(|n| *n += 1);
-                    navigate("/", Default::default());
+                    navigate(after_sign_in(), Default::default());
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -84,18 +128,44 @@ fn AuthForm(mode: Mode) -> impl IntoView {
             "/login",
             "Log in",
         ),
+        Mode::Setup => (
+            "Set up this server",
+            "Create the operator",
+            "Not the first operator?",
+            "/login",
+            "Log in",
+        ),
+    };
+    let intro = match mode {
+        Mode::Setup => "This server has no operator yet. The operator manages the catalog and grants credits. \
+             The one-time setup token is in the setup link the server printed, and in the file \
+             setup-token of its data directory. An email that already has an account needs that account's password.",
+        _ => "Keys, credits and usage for your paid API.",
     };
 
     view! {
-        <Show when=move || app.account.with(Option::is_none) fallback=|| view! { <Redirect path="/" /> }>
+        <Show when=move || mode == Mode::Setup || app.account.with(Option::is_none) fallback=|| view! { <Redirect path=after_sign_in() /> }>
             <div class="auth">
                 <div class="card">
                     <div class="brand">"Tally" <span>"."</span></div>
                     <h1>{title}</h1>
-                    <p class="muted">"Keys, credits and usage for your paid API."</p>
+                    <p class="muted" data-testid="auth-intro">{intro}</p>
                     <form class="stack" on:submit=submit.clone()>
                         {move || error.get().map(|e| view! { <ErrorNotice error=e /> })}
-                        {(mode == Mode::Signup).then(|| view! {
+                        {(mode == Mode::Setup).then(|| view! {
+                            <label>
+                                "Setup token"
+                                <input
+                                    data-testid="setup-token"
+                                    required
+                                    autocomplete="off"
+                                    spellcheck="false"
+                                    prop:value=move || token.get()
+                                    on:input=move |ev| token.set(event_target_value(&ev))
+                                />
+                            </label>
+                        })}
+                        {(mode != Mode::Login).then(|| view! {
                             <label>
                                 "Name (optional)"
                                 <input
@@ -124,8 +194,8 @@ fn AuthForm(mode: Mode) -> impl IntoView {
                                 data-testid="password"
                                 type="password"
                                 required
-                                minlength=if mode == Mode::Signup { "8" } else { "1" }
-                                autocomplete=if mode == Mode::Signup { "new-password" } else { "current-password" }
+                                minlength=if mode == Mode::Login { "1" } else { "8" }
+                                autocomplete=if mode == Mode::Login { "current-password" } else { "new-password" }
                                 prop:value=move || password.get()
                                 on:input=move |ev| password.set(event_target_value(&ev))
                             />

@@ -3,6 +3,7 @@ pub mod catalog;
 pub mod credits;
 pub mod dashboard;
 pub mod finance;
+pub mod invite;
 pub mod keys;
 pub mod monitoring;
 pub mod placeholder;

@@ -83,6 +83,9 @@ fn Members() -> impl IntoView {
     });
     let error = RwSignal::new(None::<api::ApiError>);
     let notice = RwSignal::new(None::<String>);
+    // The last invitation's link: shown until dismissed, since only its hash
+    // is kept and it cannot be shown again.
+    let invited = RwSignal::new(None::<AddMemberResponse>);
     let email = RwSignal::new(String::new());
     let role = RwSignal::new(Role::Developer);
 
@@ -105,15 +108,8 @@ fn Members() -> impl IntoView {
         spawn_local(async move {
             let result = api::add_member(&ns, &address, r).await.map(|res| {
                 email.set(String::new());
-                Some(match res {
-                    AddMemberResponse::Added { member } => {
-                        format!("{} added as {}.", member.email, member.role)
-                    }
-                    AddMemberResponse::Invited { invitation } => format!(
-                        "{} has no account yet: invited as {}; they join when they sign up.",
-                        invitation.email, invitation.role
-                    ),
-                })
+                invited.set(Some(res));
+                None
             });
             done(result);
         });
@@ -124,6 +120,31 @@ fn Members() -> impl IntoView {
             <h2>"Members"</h2>
             {move || error.get().map(|e| view! { <ErrorNotice error=e /> })}
             {move || notice.get().map(|t| view! { <div class="alert ok">{t}</div> })}
+            {move || invited.get().map(|res| {
+                let origin = web_sys::window()
+                    .and_then(|w| w.location().origin().ok())
+                    .unwrap_or_default();
+                let link = format!("{origin}{}", res.invite_path);
+                let copy = link.clone();
+                view! {
+                    <div class="alert ok" data-testid="invite-panel">
+                        <p>{format!(
+                            "Invitation for {} as {}. Send them this link: they open it, log in or sign up, and accept. \
+                             It works once, until {}, and is shown only now.",
+                            res.invitation.email, res.invitation.role, short_time(&res.invitation.expires_at)
+                        )}</p>
+                        <div class="inline-row">
+                            <code data-testid="invite-link" class="wrap">{link}</code>
+                            <button class="secondary" data-testid="invite-copy" on:click=move |_| {
+                                if let Some(window) = web_sys::window() {
+                                    let _ = window.navigator().clipboard().write_text(&copy);
+                                }
+                            }>"Copy"</button>
+                            <button class="secondary" on:click=move |_| invited.set(None)>"Done"</button>
+                        </div>
+                    </div>
+                }
+            })}
             <Loaded resource=list loading="Loading members…" show=move |list| {
                 let manage = app.can_manage();
                 let me = app.account.get_untracked().map(|a| a.id).unwrap_or_default();
@@ -171,8 +192,15 @@ fn Members() -> impl IntoView {
                                 let ns = ns.clone();
                                 let id = inv.id.clone();
                                 view! {
-                                    <tr>
-                                        <td>{inv.email} <span class="badge">"invited"</span></td>
+                                    <tr data-testid="invitation-row">
+                                        <td>
+                                            {inv.email}
+                                            {if inv.expired {
+                                                view! { <span class="badge warning" title="Withdraw it and invite again for a new link">"expired"</span> }.into_any()
+                                            } else {
+                                                view! { <span class="badge" title=format!("The link works until {}", short_time(&inv.expires_at))>"invited"</span> }.into_any()
+                                            }}
+                                        </td>
                                         <td>{inv.role.as_str()}</td>
                                         <td class="muted">{short_time(&inv.created_at)}</td>
                                         <td>
@@ -193,7 +221,8 @@ fn Members() -> impl IntoView {
                 }.into_any()
             } />
             <Show when=move || app.can_manage()>
-                <h2 style="margin-top:18px">"Add a member"</h2>
+                <h2 style="margin-top:18px">"Invite a member"</h2>
+                <p class="muted">"Everyone joins through a one-time link that you send them; an email alone never joins a namespace."</p>
                 <form class="inline" on:submit=add>
                     <input
                         data-testid="member-email"
@@ -203,14 +232,14 @@ fn Members() -> impl IntoView {
                         prop:value=move || email.get()
                         on:input=move |ev| email.set(event_target_value(&ev))
                     />
-                    <select on:change=move |ev| {
+                    <select data-testid="member-role" on:change=move |ev| {
                         if let Some(r) = Role::parse(&event_target_value(&ev)) {
                             role.set(r);
                         }
                     }>
                         {role_options(Role::Developer)}
                     </select>
-                    <button type="submit" data-testid="member-add">"Add"</button>
+                    <button type="submit" data-testid="member-add">"Invite"</button>
                 </form>
             </Show>
         </section>

@@ -156,15 +156,10 @@ pub struct CurrentOperator {
     pub email: String,
 }
 
-/// Whether an account is an operator: flagged in the database (the server's
-/// first account) or named in the `operators` setting.
-pub fn is_operator(state: &AppState, account: &tally_store::accounts::AccountRow) -> bool {
+/// Whether an account is an operator: only its flag, set explicitly by
+/// `tally admin` or the setup token (see `auth::bootstrap`).
+pub fn is_operator(account: &tally_store::accounts::AccountRow) -> bool {
     account.is_operator
-        || state
-            .settings
-            .operators
-            .iter()
-            .any(|e| e.trim().eq_ignore_ascii_case(&account.email))
 }
 
 impl FromRequest for CurrentOperator {
@@ -179,7 +174,7 @@ impl FromRequest for CurrentOperator {
             let account = tally_store::accounts::by_id(&mut conn, &account_id)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
-            if !is_operator(&state, &account) {
+            if !is_operator(&account) {
                 return Err(ApiError::forbidden(
                     "only operators of this server may do this",
                 ));

@@ -8,7 +8,11 @@
 //!   hashes, single use, rotated on every refresh and revoked by log-out.
 //! - An unknown email costs the same Argon2 verification as a wrong password, so
 //!   response time does not reveal which emails have accounts.
+//! - Operators are made only explicitly (`bootstrap`); an email never grants
+//!   anything by itself, and sign-up never joins a namespace.
 
+pub mod accounts;
+pub mod bootstrap;
 pub mod extract;
 pub mod password;
 pub mod tokens;

@@ -115,6 +115,14 @@ pub fn sha256_hex(secret: &str) -> String {
     })
 }
 
+/// A one-time secret (setup token, invitation): `prefix` and 256 random bits,
+/// URL-safe. Stored only as [`sha256_hex`].
+pub fn random_token(prefix: &str) -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw))
+}
+
 /// A fresh random secret for signing access tokens, when none is configured.
 pub fn generate_secret() -> String {
     let mut raw = [0u8; 48];

@@ -28,7 +28,7 @@ pub async fn me(state: web::Data<AppState>, caller: CurrentAccount) -> ApiResult
         .map(to_namespace)
         .collect();
     Ok(web::Json(Me {
-        is_operator: crate::auth::extract::is_operator(&state, &account),
+        is_operator: crate::auth::extract::is_operator(&account),
         account: to_account(&account),
         namespaces,
     }))

@@ -3,7 +3,8 @@
 //! Rules: owners and admins manage members; only an owner grants the owner role
 //! or changes or removes an owner; anyone may leave; a namespace always keeps
 //! at least one owner. Changes lock the namespace row so two concurrent
-//! demotions cannot both pass the last-owner check.
+//! demotions cannot both pass the last-owner check. Every addition is an
+//! invitation that the invitee accepts with its token (`routes::invitations`).
 
 use actix_web::{delete, get, patch, post, web, HttpResponse};
 use tally_common::{
@@ -14,6 +15,7 @@ use tally_store::events::NewEvent;
 use tally_store::namespaces::{InvitationRow, MemberRow};
 use tally_store::AnyConnection;
 
+use crate::auth::tokens::{random_token, sha256_hex};
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::{normalize_email, rfc3339};
@@ -35,8 +37,15 @@ fn to_invitation(row: InvitationRow) -> Invitation {
         email: row.email,
         role: row.role,
         created_at: rfc3339(row.created_at),
+        expires_at: rfc3339(row.expires_at),
+        expired: row.expires_at <= tally_store::now_ms(),
     }
 }
+
+/// Pending invitations one namespace may have (a bound on what an admin can
+/// make the server store).
+const MAX_INVITATIONS: usize = 500;
+const INVITATION_PREFIX: &str = "tin_";
 
 async fn event(
     conn: &mut AnyConnection,
@@ -103,8 +112,11 @@ pub async fn list(
     }))
 }
 
-/// Adds a member by email (owner, admin). An email without an account gets an
-/// invitation that becomes a membership when it signs up.
+/// Invites someone by email (owner, admin): returns the invitation and its
+/// token once, as a link to send them. Whoever opens the link and accepts it
+/// while signed in joins with the role; nothing is joined by email alone, and
+/// the answer is the same whether or not the email has an account. Inviting
+/// the same email again renews the invitation with a new link.
 #[utoipa::path(
     tag = "members",
     security(("bearer" = [])),
@@ -116,7 +128,7 @@ pub async fn list(
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "already a member", body = ErrorBody),
+        (status = 409, description = "`conflict`: already a member, or 500 pending invitations", body = ErrorBody),
     )
 )]
 #[post("/namespaces/{namespace_id}/members")]
@@ -133,52 +145,47 @@ pub async fn add(
     let ns_id = member.namespace_id();
     let mut tx = state.store.begin().await?;
     tally_store::namespaces::lock(&mut tx, ns_id).await?;
-    let response = match tally_store::accounts::by_email(&mut tx, &email).await? {
-        Some(account) => {
-            if tally_store::namespaces::membership(&mut tx, ns_id, &account.id)
-                .await?
-                .is_some()
-            {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    "this account is already a member; change its role instead",
-                ));
-            }
-            tally_store::namespaces::upsert_member(&mut tx, ns_id, &account.id, body.role).await?;
-            event(
-                &mut tx,
-                &member,
-                "member.added",
-                format!("{email} added as {}", body.role),
-            )
-            .await?;
-            AddMemberResponse::Added {
-                member: to_member(find_member(&mut tx, ns_id, &account.id).await?),
-            }
-        }
-        None => {
-            let inv = tally_store::namespaces::upsert_invitation(
-                &mut tx,
-                ns_id,
-                &email,
-                body.role,
-                &member.account_id,
-            )
-            .await?;
-            event(
-                &mut tx,
-                &member,
-                "member.invited",
-                format!("{email} invited as {}", body.role),
-            )
-            .await?;
-            AddMemberResponse::Invited {
-                invitation: to_invitation(inv),
-            }
-        }
-    };
+    // Members are listed to every member already, so this reveals nothing new.
+    let members = tally_store::namespaces::members(&mut tx, ns_id).await?;
+    if members.iter().any(|m| m.email == email) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "this email is already a member; change its role instead",
+        ));
+    }
+    // A renewal replaces a row; only a new email adds one.
+    let pending = tally_store::namespaces::invitations(&mut tx, ns_id).await?;
+    if pending.len() >= MAX_INVITATIONS && !pending.iter().any(|i| i.email == email) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("a namespace has at most {MAX_INVITATIONS} pending invitations; withdraw some"),
+        ));
+    }
+    let token = random_token(INVITATION_PREFIX);
+    let expires_at = tally_store::now_ms() + state.settings.auth.invitation_ttl_secs.max(60) * 1000;
+    let inv = tally_store::namespaces::upsert_invitation(
+        &mut tx,
+        ns_id,
+        &email,
+        body.role,
+        &member.account_id,
+        &sha256_hex(&token),
+        expires_at,
+    )
+    .await?;
+    event(
+        &mut tx,
+        &member,
+        "member.invited",
+        format!("{email} invited as {}", body.role),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(HttpResponse::Created().json(response))
+    Ok(HttpResponse::Created().json(AddMemberResponse {
+        invitation: to_invitation(inv),
+        invite_path: format!("/invite#{token}"),
+        token,
+    }))
 }
 
 /// Changes a member's role (owner, admin; only an owner grants or removes the

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod credits;
 pub mod dashboard;
 pub mod events;
+pub mod invitations;
 pub mod keys;
 pub mod me;
 pub mod members;
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(system::status)
                 .service(auth::signup)
                 .service(auth::login)
+                .service(auth::setup)
                 .service(auth::refresh)
                 .service(auth::logout)
                 .service(me::me)
@@ -56,6 +58,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(members::update)
                 .service(members::remove)
                 .service(members::delete_invitation)
+                .service(invitations::lookup)
+                .service(invitations::accept)
                 .service(events::list)
                 .service(keys::create)
                 .service(keys::list)

@@ -15,8 +15,7 @@ use tally_common::{
 use tally_server::config::Settings;
 
 use crate::helpers::{
-    assert_error, backend_tests, json, spawn_app, start, test_settings, Backend, TestApp,
-    TestDatabase, User,
+    assert_error, backend_tests, json, spawn_app, spawn_with, Backend, TestApp, TestDatabase, User,
 };
 
 backend_tests!(
@@ -38,16 +37,11 @@ pub(crate) async fn billing_app(
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let db = TestDatabase::new(backend).await;
-    let mut settings = test_settings(&db);
-    settings.billing.deposit_secret = Some(SECRET.to_owned().into());
-    configure(&mut settings);
-    let (address, store) = start(settings).await;
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-    }
+    spawn_with(db, |settings| {
+        settings.billing.deposit_secret = Some(SECRET.to_owned().into());
+        configure(settings);
+    })
+    .await
 }
 
 pub(crate) fn ns(user: &User, rest: &str) -> String {
@@ -878,7 +872,7 @@ async fn expect_low_balance_events(app: &TestApp, user: &User, n: usize) {
 
 async fn a_low_balance_alert_fires_once_per_crossing_and_rearms(backend: Backend) {
     let app = billing_app(backend, |s| s.billing.alert_check_interval_ms = 50).await;
-    let operator = app.signup("operator").await;
+    let operator = app.signup_operator("operator").await;
     let user = app.signup("dev").await;
     let key: tally_common::CreatedKey = json(
         app.post(

@@ -52,7 +52,7 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
     backend: Backend,
 ) {
     let app = billing_app(backend, |s| s.billing.alert_check_interval_ms = 50).await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     let user = app.signup("node-runner").await;
     let welcome = balance(&app, &user, Environment::Test).await;
 
@@ -169,7 +169,7 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
 
 async fn only_operators_grant_bonuses_and_only_members_see_them(backend: Backend) {
     let app = billing_app(backend, |_| {}).await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     let user = app.signup("user").await;
     let other = app.signup("other").await;
     let ok = json!({"environment": "live", "amount_micros": 1000, "reason": "feedback"});

@@ -607,7 +607,7 @@ async fn quotas_stop_a_key_until_the_period_resets(backend: Backend) {
 async fn exactly_the_calls_a_balance_covers_succeed_when_they_race(backend: Backend) {
     let app = spawn_app(backend).await;
     let (upstream, _) = mock_upstream().await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     let buyer = app.signup("buyer").await;
     // Priced per request only, so each call holds and costs exactly 1000.
     add_api(
@@ -689,7 +689,7 @@ async fn exactly_the_calls_a_balance_covers_succeed_when_they_race(backend: Back
 async fn live_calls_reach_the_upstream_with_its_credential_and_pay_by_tokens(backend: Backend) {
     let app = spawn_app(backend).await;
     let (upstream, seen) = mock_upstream().await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     add_api(
         &app,
         &operator,
@@ -742,7 +742,7 @@ async fn live_calls_reach_the_upstream_with_its_credential_and_pay_by_tokens(bac
 async fn streams_pass_through_and_are_billed_from_their_usage_event(backend: Backend) {
     let app = spawn_app(backend).await;
     let (upstream, seen) = mock_upstream().await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     add_api(
         &app,
         &operator,
@@ -823,7 +823,7 @@ async fn streams_pass_through_and_are_billed_from_their_usage_event(backend: Bac
 async fn upstream_failures_fail_over_time_out_and_cost_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let (upstream, _) = mock_upstream().await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
@@ -889,7 +889,7 @@ async fn upstream_failures_fail_over_time_out_and_cost_nothing(backend: Backend)
 async fn generic_apis_are_reached_at_their_slug(backend: Backend) {
     let app = spawn_app(backend).await;
     let (upstream, _) = mock_upstream().await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     add_api(&app, &operator, json!({"slug": "weather", "name": "Weather", "protocol": "http",
         "upstreams": [{"url": format!("{upstream}/echo")}], "pricing": {"per_request_micros": 500}})).await;
     grant(&app, &operator, &operator, "live", 10_000).await;
@@ -923,7 +923,7 @@ async fn generic_apis_are_reached_at_their_slug(backend: Backend) {
 
 async fn operators_manage_the_catalog_and_others_only_read_it(backend: Backend) {
     let app = spawn_app(backend).await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     let user = app.signup("user").await;
     let api = json!({"slug": "paid", "name": "Paid", "models": ["paid-1"],
         "upstreams": [{"url": "http://127.0.0.1:9/x", "api_key": "sk-secret"}]});
@@ -955,7 +955,10 @@ async fn operators_manage_the_catalog_and_others_only_read_it(backend: Backend) 
         .json()
         .await
         .unwrap();
-    assert_eq!(me["is_operator"], true, "the first account is an operator");
+    assert_eq!(
+        me["is_operator"], true,
+        "made by `tally admin create-operator`"
+    );
 
     for bad in [
         json!({"slug": "Bad Slug", "name": "x", "models": ["m"]}),

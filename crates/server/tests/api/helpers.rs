@@ -154,9 +154,12 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: TestDatabase,
     pub store: tally_store::Store,
+    pub settings: Settings,
 }
 
-/// Settings for a test server on `db`: port 0, cheap Argon2id parameters.
+/// Settings for a test server on `db`: port 0, cheap Argon2id parameters,
+/// and the sign-up and login throttles off (tests that check them turn them
+/// on), since a test signs up many accounts from one address.
 pub fn test_settings(db: &TestDatabase) -> Settings {
     let mut settings = Settings {
         bind: "127.0.0.1:0".into(),
@@ -169,6 +172,12 @@ pub fn test_settings(db: &TestDatabase) -> Settings {
     // Still Argon2id; only the cost is lowered so the suite stays quick.
     settings.auth.argon2_memory_kib = 1024;
     settings.auth.argon2_iterations = 1;
+    settings.auth.ip_requests_per_minute = 0;
+    settings.auth.signups_per_ip_per_hour = 0;
+    settings.auth.signups_per_email_per_hour = 0;
+    settings.auth.login_failures_per_account_ip = 0;
+    settings.auth.login_failures_per_account_per_hour = 0;
+    settings.auth.invitation_accepts_per_account_per_hour = 0;
     settings
 }
 
@@ -182,12 +191,20 @@ pub async fn start(settings: Settings) -> (String, tally_store::Store) {
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
     let db = TestDatabase::new(backend).await;
-    let (address, store) = start(test_settings(&db)).await;
+    spawn_with(db, |_| {}).await
+}
+
+/// A server on `db` with test settings changed by `change`.
+pub async fn spawn_with(db: TestDatabase, change: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(&db);
+    change(&mut settings);
+    let (address, store) = start(settings.clone()).await;
     TestApp {
         address,
         client: reqwest::Client::new(),
         db,
         store,
+        settings,
     }
 }
 
@@ -242,10 +259,7 @@ impl TestApp {
     }
 
     pub async fn signup(&self, name: &str) -> User {
-        let email = format!(
-            "{name}-{}@example.com",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let email = unique_email(name);
         let password = "correct horse battery".to_owned();
         let res = self
             .post(
@@ -256,6 +270,10 @@ impl TestApp {
             .await;
         assert_eq!(res.status(), StatusCode::CREATED);
         let auth: AuthResponse = res.json().await.expect("auth body");
+        self.user(email, password, auth).await
+    }
+
+    async fn user(&self, email: String, password: String, auth: AuthResponse) -> User {
         let me: Value = self
             .get("/api/v1/me", Some(&auth.access_token))
             .await
@@ -275,17 +293,70 @@ impl TestApp {
         }
     }
 
-    /// Adds `user` to `owner`'s namespace with `role`.
-    pub async fn add_member(&self, owner: &User, user: &User, role: &str) {
+    /// An operator, made the way `tally admin create-operator` makes one (on
+    /// this test's database), then logged in over HTTP.
+    pub async fn signup_operator(&self, name: &str) -> User {
+        let email = unique_email(name);
+        let password = "operator horse battery".to_owned();
+        let passwords =
+            tally_server::auth::Passwords::new(&self.settings.auth).expect("argon2 settings");
+        tally_server::auth::bootstrap::create_operator(
+            &self.store,
+            &self.settings,
+            &passwords,
+            &email,
+            &password,
+            Some(name),
+        )
+        .await
+        .expect("create operator");
+        let res = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "operator logs in");
+        let auth: AuthResponse = res.json().await.expect("auth body");
+        self.user(email, password, auth).await
+    }
+
+    /// Invites `email` to `owner`'s namespace with `role`: the invitation's token.
+    pub async fn invite(&self, owner: &User, email: &str, role: &str) -> String {
         let res = self
             .post(
                 &format!("/api/v1/namespaces/{}/members", owner.namespace_id),
                 Some(&owner.token),
-                json!({"email": user.email, "role": role}),
+                json!({"email": email, "role": role}),
             )
             .await;
-        assert_eq!(res.status(), StatusCode::CREATED, "add member");
+        assert_eq!(res.status(), StatusCode::CREATED, "invite");
+        let body: Value = res.json().await.expect("invitation body");
+        body["token"].as_str().expect("token").to_owned()
     }
+
+    /// Adds `user` to `owner`'s namespace with `role`: an invitation that
+    /// `user` accepts with its token.
+    pub async fn add_member(&self, owner: &User, user: &User, role: &str) {
+        let token = self.invite(owner, &user.email, role).await;
+        let res = self
+            .post(
+                "/api/v1/invitations/accept",
+                Some(&user.token),
+                json!({"token": token}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "accept invitation");
+    }
+}
+
+/// A new email that no other test uses.
+pub fn unique_email(name: &str) -> String {
+    format!(
+        "{name}-{}@example.com",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// Asserts an error response: status, JSON body with the code, a request id

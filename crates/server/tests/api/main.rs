@@ -16,6 +16,8 @@ mod money;
 mod monitoring;
 mod namespaces;
 mod openapi;
+mod operators;
 mod sellers;
 mod subscriptions;
 mod system;
+mod throttle;

@@ -1,12 +1,14 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_common::{ErrorCode, Me, Member, MemberList, Role};
+use tally_common::{ErrorCode, InvitationPreview, Me, Member, MemberList, NamespaceWithRole, Role};
+use tally_store::sqlx::{self, Row};
 
-use crate::helpers::{assert_error, backend_tests, json, spawn_app, Backend};
+use crate::helpers::{assert_error, backend_tests, json, spawn_app, Backend, TestApp, User};
 
 backend_tests!(
-    adding_an_existing_account_makes_it_a_member_with_that_role,
-    inviting_an_unknown_email_makes_it_a_member_on_signup,
+    adding_a_member_is_an_invitation_that_the_invitee_accepts_with_its_token,
+    a_sign_up_with_an_invited_email_joins_nothing,
+    wrong_expired_withdrawn_renewed_and_used_invitation_tokens_fail,
     member_management_follows_the_roles,
     a_namespace_always_keeps_an_owner,
     concurrent_demotions_of_two_owners_leave_one_owner,
@@ -17,34 +19,95 @@ fn members_path(ns: &str) -> String {
     format!("/api/v1/namespaces/{ns}/members")
 }
 
-async fn adding_an_existing_account_makes_it_a_member_with_that_role(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let owner = app.signup("owner").await;
-    let dev = app.signup("dev").await;
+async fn invite(app: &TestApp, owner: &User, email: &str, role: &str) -> Value {
     let res = app
         .post(
             &members_path(&owner.namespace_id),
             Some(&owner.token),
-            json!({"email": dev.email.to_uppercase(), "role": "developer"}),
+            json!({"email": email, "role": role}),
         )
         .await;
-    let body: Value = json(res, StatusCode::CREATED).await;
-    assert_eq!(body["status"], "added");
-    assert_eq!(body["member"]["role"], "developer");
+    json(res, StatusCode::CREATED).await
+}
 
+async fn accept(app: &TestApp, user: &User, token: &str) -> reqwest::Response {
+    app.post(
+        "/api/v1/invitations/accept",
+        Some(&user.token),
+        json!({"token": token}),
+    )
+    .await
+}
+
+async fn lookup(app: &TestApp, token: &str) -> reqwest::Response {
+    app.post("/api/v1/invitations/lookup", None, json!({"token": token}))
+        .await
+}
+
+async fn namespaces_of(app: &TestApp, user: &User) -> Vec<NamespaceWithRole> {
     let me: Me = json(
-        app.get("/api/v1/me", Some(&dev.token)).await,
+        app.get("/api/v1/me", Some(&user.token)).await,
         StatusCode::OK,
     )
     .await;
-    let shared = me
-        .namespaces
-        .iter()
-        .find(|n| n.namespace.id == owner.namespace_id)
-        .expect("dev sees the shared namespace");
-    assert_eq!(shared.role, Role::Developer);
+    me.namespaces
+}
 
-    // Adding again is a conflict; the role is changed with PATCH instead.
+async fn adding_a_member_is_an_invitation_that_the_invitee_accepts_with_its_token(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let owner = app.signup("owner").await;
+    let dev = app.signup("dev").await;
+    let body = invite(&app, &owner, &dev.email.to_uppercase(), "developer").await;
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert!(
+        token.starts_with("tin_") && token.len() >= 4 + 43,
+        "{token}"
+    );
+    assert_eq!(body["invite_path"], format!("/invite#{token}"));
+    assert_eq!(body["invitation"]["email"], dev.email);
+    assert_eq!(body["invitation"]["role"], "developer");
+    assert_eq!(body["invitation"]["expired"], false);
+
+    // The answer has the same shape whether or not the email has an account.
+    let unknown = invite(&app, &owner, "nobody-yet@example.com", "viewer").await;
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&body), keys(&unknown));
+    assert_eq!(keys(&body["invitation"]), keys(&unknown["invitation"]));
+
+    // Nothing happens until the invitee accepts.
+    assert_eq!(namespaces_of(&app, &dev).await.len(), 1);
+    let preview: InvitationPreview = json(lookup(&app, &token).await, StatusCode::OK).await;
+    assert_eq!(preview.namespace_name, "Personal");
+    assert_eq!(preview.role, Role::Developer);
+    assert_eq!(preview.invited_by, "owner");
+
+    let joined: NamespaceWithRole = json(accept(&app, &dev, &token).await, StatusCode::OK).await;
+    assert_eq!(joined.namespace.id, owner.namespace_id);
+    assert_eq!(joined.role, Role::Developer);
+    let shared = namespaces_of(&app, &dev).await;
+    assert!(shared
+        .iter()
+        .any(|n| n.namespace.id == owner.namespace_id && n.role == Role::Developer));
+    let list: MemberList = json(
+        app.get(&members_path(&owner.namespace_id), Some(&owner.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(list.members.len(), 2);
+    assert_eq!(
+        list.invitations.len(),
+        1,
+        "only the unknown email's is left"
+    );
+
+    // Adding a member again is a conflict; the role is changed with PATCH.
     let res = app
         .post(
             &members_path(&owner.namespace_id),
@@ -61,30 +124,24 @@ async fn adding_an_existing_account_makes_it_a_member_with_that_role(backend: Ba
         )
         .await;
     assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::InvalidJson).await;
-}
-
-async fn inviting_an_unknown_email_makes_it_a_member_on_signup(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let owner = app.signup("owner").await;
+    // Accepting needs a session.
     let res = app
         .post(
-            &members_path(&owner.namespace_id),
-            Some(&owner.token),
-            json!({"email": "Newcomer@Example.com", "role": "billing"}),
+            "/api/v1/invitations/accept",
+            None,
+            json!({"token": unknown["token"]}),
         )
         .await;
-    let body: Value = json(res, StatusCode::CREATED).await;
-    assert_eq!(body["status"], "invited");
+    assert_error(res, StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized).await;
+}
+
+async fn a_sign_up_with_an_invited_email_joins_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = app.signup("owner").await;
+    let body = invite(&app, &owner, "Newcomer@Example.com", "owner").await;
     assert_eq!(body["invitation"]["email"], "newcomer@example.com");
 
-    let list: MemberList = json(
-        app.get(&members_path(&owner.namespace_id), Some(&owner.token))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(list.invitations.len(), 1);
-
+    // Whoever signs up first with the invited email gets only their own namespace.
     let res = app
         .post(
             "/api/v1/auth/signup",
@@ -98,18 +155,133 @@ async fn inviting_an_unknown_email_makes_it_a_member_on_signup(backend: Backend)
         StatusCode::OK,
     )
     .await;
-    let roles: Vec<_> = me.namespaces.iter().map(|n| n.role).collect();
-    assert_eq!(me.namespaces.len(), 2, "personal + invited");
-    assert!(roles.contains(&Role::Billing));
-
+    assert_eq!(me.namespaces.len(), 1, "personal only");
+    assert_eq!(me.namespaces[0].role, Role::Owner);
+    assert_ne!(me.namespaces[0].namespace.id, owner.namespace_id);
     let list: MemberList = json(
         app.get(&members_path(&owner.namespace_id), Some(&owner.token))
             .await,
         StatusCode::OK,
     )
     .await;
-    assert!(list.invitations.is_empty());
-    assert_eq!(list.members.len(), 2);
+    assert_eq!(list.members.len(), 1);
+    assert_eq!(list.invitations.len(), 1, "still pending");
+}
+
+async fn wrong_expired_withdrawn_renewed_and_used_invitation_tokens_fail(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = app.signup("owner").await;
+    let guest = app.signup("guest").await;
+    let first = invite(&app, &owner, &guest.email, "viewer").await;
+    let first_token = first["token"].as_str().unwrap().to_owned();
+
+    // Only a hash of the token is stored.
+    let mut conn = app.store.conn().await.unwrap();
+    let rows = sqlx::query("SELECT token_hash FROM invitations")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    for row in &rows {
+        let stored: String = row.get("token_hash");
+        assert!(!stored.contains(&first_token[4..]));
+        assert_eq!(stored.len(), 64);
+    }
+
+    for wrong in ["", "tin_nope", &format!("{first_token}x")] {
+        assert_error(
+            accept(&app, &guest, wrong).await,
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+        )
+        .await;
+        assert_error(
+            lookup(&app, wrong).await,
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+        )
+        .await;
+    }
+
+    // Inviting again renews the invitation: the old link stops working.
+    let renewed = invite(&app, &owner, &guest.email, "billing").await;
+    let token = renewed["token"].as_str().unwrap().to_owned();
+    assert_ne!(token, first_token);
+    assert_error(
+        accept(&app, &guest, &first_token).await,
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+    )
+    .await;
+
+    // Expired: refused, and left in place (listed as expired).
+    sqlx::query("UPDATE invitations SET expires_at = $1")
+        .bind(tally_store::now_ms() - 1)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_error(
+        accept(&app, &guest, &token).await,
+        StatusCode::GONE,
+        ErrorCode::InvitationExpired,
+    )
+    .await;
+    assert_error(
+        lookup(&app, &token).await,
+        StatusCode::GONE,
+        ErrorCode::InvitationExpired,
+    )
+    .await;
+    let list: MemberList = json(
+        app.get(&members_path(&owner.namespace_id), Some(&owner.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(list.invitations.len(), 1);
+    assert!(list.invitations[0].expired);
+    assert_eq!(namespaces_of(&app, &guest).await.len(), 1);
+
+    // Withdrawn: gone.
+    let withdrawn = invite(&app, &owner, &guest.email, "viewer").await;
+    let res = app
+        .delete(
+            &format!(
+                "/api/v1/namespaces/{}/invitations/{}",
+                owner.namespace_id,
+                withdrawn["invitation"]["id"].as_str().unwrap()
+            ),
+            &owner.token,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_error(
+        accept(&app, &guest, withdrawn["token"].as_str().unwrap()).await,
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+    )
+    .await;
+
+    // Used: works once, even for two accounts racing for it.
+    let last = invite(&app, &owner, &guest.email, "viewer").await;
+    let token = last["token"].as_str().unwrap().to_owned();
+    let other = app.signup("other").await;
+    let (a, b) = tokio::join!(accept(&app, &guest, &token), accept(&app, &other, &token));
+    let statuses = [a.status(), b.status()];
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    assert!(statuses.contains(&StatusCode::NOT_FOUND), "{statuses:?}");
+    assert_error(
+        accept(&app, &guest, &token).await,
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+    )
+    .await;
+    let list: MemberList = json(
+        app.get(&members_path(&owner.namespace_id), Some(&owner.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(list.members.len(), 2, "exactly one of the two joined");
 }
 
 async fn member_management_follows_the_roles(backend: Backend) {

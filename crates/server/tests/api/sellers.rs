@@ -88,7 +88,7 @@ async fn banners(app: &TestApp, user: &User) -> Vec<String> {
 /// 0.09), and a platform API at 1 credit a call.
 async fn marketplace(app: &TestApp) -> (User, User, User) {
     let up = upstream().await;
-    let operator = app.signup("op").await;
+    let operator = app.signup_operator("op").await;
     let seller = app.signup("seller").await;
     let buyer = app.signup("buyer").await;
     add_api(
