@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
-use dashmap::DashMap;
 use serde_json::Value;
 use tally_common::{CatalogApiConfig, Environment, ErrorCode, Pricing, Protocol};
 use tally_store::usage::CallRecord;
@@ -38,7 +37,7 @@ use crate::error::ApiError;
 use accounts::{Accounts, Hold};
 use catalog::{Api, Catalog};
 use keys::{KeyCache, KeyInfo};
-use limits::{Counted, KeyLimiter, LimitState, Refusal};
+use limits::{Counted, KeyLimiter, LimitState, Limiters, Refusal};
 use writer::Writer;
 
 /// Output tokens assumed for a hold when neither the request nor the API's
@@ -114,8 +113,8 @@ pub struct Summary {
 
 pub struct Gateway {
     store: Store,
-    keys: KeyCache,
-    limiters: DashMap<String, Arc<Mutex<KeyLimiter>>>,
+    pub keys: KeyCache,
+    pub limiters: Limiters,
     pub accounts: Accounts,
     catalog: RwLock<Arc<Catalog>>,
     writer: Writer,
@@ -195,11 +194,8 @@ impl Gateway {
         let catalog = load_catalog(&store).await?;
         let client = upstream_client()?;
         Ok(Arc::new(Gateway {
-            keys: KeyCache::new(
-                store.clone(),
-                Duration::from_secs(settings.key_cache_ttl_secs),
-            ),
-            limiters: DashMap::new(),
+            keys: KeyCache::new(store.clone(), &settings),
+            limiters: Limiters::new(settings.limiter_capacity),
             accounts: Accounts::new(store.clone()),
             catalog: RwLock::new(Arc::new(catalog)),
             writer: Writer::start(store.clone())?,
@@ -305,16 +301,18 @@ impl Gateway {
         self.keys.invalidate(&HashSet::from([key_id.to_owned()]));
     }
 
-    /// The key a bearer secret names.
-    pub async fn authenticate(&self, secret: &str) -> Result<Arc<KeyInfo>, ApiError> {
-        self.keys.lookup(secret).await
+    /// The key a bearer secret names; `client` is the caller's address, for
+    /// the throttle of unknown keys.
+    pub async fn authenticate(
+        &self,
+        secret: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Arc<KeyInfo>, ApiError> {
+        self.keys.lookup(secret, client).await
     }
 
     fn limiter(&self, key_id: &str) -> Arc<Mutex<KeyLimiter>> {
-        if let Some(l) = self.limiters.get(key_id) {
-            return l.clone();
-        }
-        self.limiters.entry(key_id.to_owned()).or_default().clone()
+        self.limiters.get(key_id, tally_store::now_ms())
     }
 
     /// The quota counters of a key as the gateway enforces them now.
