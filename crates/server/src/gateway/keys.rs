@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 use sha2::{Digest, Sha256};
 use tally_common::{secret_well_formed, Environment, ErrorCode, KeyLimits};
@@ -106,10 +107,17 @@ impl KeyInfo {
 
 type Hash = [u8; 32];
 
-/// Why a database lookup gave no key; shared by every call waiting on it.
+/// A key as read from the database, and when.
+#[derive(Clone)]
+struct Cached {
+    info: Arc<KeyInfo>,
+    loaded: Instant,
+}
+
+/// Why a database lookup gave no key.
 #[derive(Debug)]
 enum Miss {
-    Unknown,
+    Throttled,
     Busy,
     Failed(ErrorCode, String),
 }
@@ -130,6 +138,8 @@ pub struct KeyCacheStats {
     pub throttled: u64,
     /// Misses refused with 503 because every lookup slot stayed busy.
     pub busy: u64,
+    /// The most database lookups that ran at once.
+    pub peak_concurrent_lookups: u64,
 }
 
 #[derive(Default)]
@@ -140,6 +150,8 @@ struct Counters {
     known_unknown: AtomicU64,
     throttled: AtomicU64,
     busy: AtomicU64,
+    in_flight: AtomicU64,
+    peak: AtomicU64,
 }
 
 /// Counts a database lookup by what it found.
@@ -157,10 +169,12 @@ fn refused(counter: &AtomicU64, reason: &'static str) {
 pub struct KeyCache {
     store: Store,
     /// Secrets of keys that exist (usable or not: revoked and expired keys
-    /// are answered from here too).
-    found: Cache<Hash, Arc<KeyInfo>>,
+    /// are answered from here too). Only a valid secret can enter it.
+    found: Cache<Hash, Cached>,
     /// Secrets no key has. Separate, so that it alone churns under a flood.
     unknown: Cache<Hash, ()>,
+    /// A cached key is read again after this long.
+    ttl: Duration,
     lookups: Semaphore,
     clients: ClientThrottle,
     counters: Counters,
@@ -168,11 +182,14 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(store: Store, settings: &GatewaySettings) -> Self {
+        let ttl = Duration::from_secs(settings.key_cache_ttl_secs.max(1));
         KeyCache {
             store,
+            // Keys unused for an hour leave; the others are re-read every
+            // `ttl` (see `lookup`), so the cache never serves older data.
             found: Cache::builder()
                 .max_capacity(settings.key_cache_capacity.max(1))
-                .time_to_live(Duration::from_secs(settings.key_cache_ttl_secs.max(1)))
+                .time_to_idle(ttl.max(Duration::from_secs(3600)))
                 .support_invalidation_closures()
                 .build(),
             // Least recently used goes first: a client retrying one bad secret
@@ -184,6 +201,7 @@ impl KeyCache {
                 ))
                 .eviction_policy(EvictionPolicy::lru())
                 .build(),
+            ttl,
             lookups: Semaphore::new(settings.key_lookup_concurrency.max(1)),
             clients: ClientThrottle::new(settings.unknown_keys_per_ip_per_sec),
             counters: Counters::default(),
@@ -194,91 +212,143 @@ impl KeyCache {
     /// when no key has that secret, `rate_limited` (429, retry in a second)
     /// when `client` sent too many unknown secrets, `unavailable` (503) when
     /// every lookup slot stayed busy.
+    ///
+    /// A key cached less than `ttl` ago is answered from memory, whoever
+    /// asks. One cached longer is read again whatever the client's allowance:
+    /// its secret was valid, so a throttled address keeps the keys it was
+    /// using. Unknown secrets (malformed ones included) use up the client's
+    /// allowance; once it is used up, its secrets that are not cached get
+    /// 429 without a lookup.
     pub async fn lookup(
         &self,
         secret: &str,
         client: Option<IpAddr>,
     ) -> Result<Arc<KeyInfo>, ApiError> {
         if !secret_well_formed(secret) {
-            self.charge(client).await?;
+            self.refuse_throttled(client).await?;
             refused(&self.counters.malformed, "malformed");
+            self.clients.failed(client).await;
             return Err(invalid_key());
         }
         let hash: Hash = Sha256::digest(secret.as_bytes()).into();
-        if let Some(info) = self.found.get(&hash).await {
-            return Ok(info);
+        let client = match self.found.get(&hash).await {
+            Some(c) if c.loaded.elapsed() < self.ttl => return Ok(c.info),
+            // Stale: the secret was valid, so the client is not throttled.
+            Some(_) => None,
+            None => {
+                self.refuse_throttled(client).await?;
+                if self.unknown.contains_key(&hash) {
+                    refused(&self.counters.known_unknown, "known_unknown");
+                    self.clients.failed(client).await;
+                    return Err(invalid_key());
+                }
+                client
+            }
+        };
+        match self.fetch(hash, client).await {
+            Ok(Some(info)) => Ok(info),
+            Ok(None) => {
+                self.clients.failed(client).await;
+                Err(invalid_key())
+            }
+            Err(Miss::Throttled) => Err(throttled()),
+            Err(Miss::Busy) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "too many API keys are being looked up at once; retry in a second",
+            )),
+            Err(Miss::Failed(code, message)) => Err(ApiError::new(code, message)),
         }
-        let charge = self.charge(client).await?;
+    }
+
+    /// 429 when `client` has used up its allowance of unknown keys.
+    async fn refuse_throttled(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
+        if self.clients.blocked(client).await {
+            refused(&self.counters.throttled, "throttled");
+            return Err(throttled());
+        }
+        Ok(())
+    }
+
+    /// Reads a secret that is missing or stale, once however many calls ask
+    /// for it at the same moment: moka runs the computations of one secret
+    /// one after the other, and those after the first find its result.
+    async fn fetch(
+        &self,
+        hash: Hash,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Arc<KeyInfo>>, Miss> {
+        let ttl = self.ttl;
+        let result = self
+            .found
+            .entry(hash)
+            .and_try_compute_with(|current| async move {
+                if current.is_some_and(|c| c.value().loaded.elapsed() < ttl) {
+                    return Ok(Op::Nop);
+                }
+                Ok(match self.load(hash, client).await? {
+                    Some(info) => Op::Put(Cached {
+                        info,
+                        loaded: Instant::now(),
+                    }),
+                    None => Op::Remove,
+                })
+            })
+            .await?;
+        Ok(match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Some(e.into_value().info)
+            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => None,
+        })
+    }
+
+    /// One database lookup of a secret, in a lookup slot; unknown secrets go
+    /// to the unknown cache. `client` is checked again once a slot is free:
+    /// its failures may have used up its allowance while it waited.
+    async fn load(
+        &self,
+        hash: Hash,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Arc<KeyInfo>>, Miss> {
         if self.unknown.contains_key(&hash) {
             refused(&self.counters.known_unknown, "known_unknown");
-            return Err(invalid_key());
+            return Ok(None);
         }
-        match self.found.try_get_with(hash, self.load(hash)).await {
-            Ok(info) => {
-                charge.refund();
-                Ok(info)
-            }
-            Err(miss) => match &*miss {
-                Miss::Unknown => Err(invalid_key()),
-                Miss::Busy => {
-                    charge.refund();
-                    Err(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "too many API keys are being looked up at once; retry in a second",
-                    ))
-                }
-                Miss::Failed(code, message) => {
-                    charge.refund();
-                    Err(ApiError::new(*code, message.clone()))
-                }
-            },
-        }
-    }
-
-    /// Counts one request with a key that is not in the cache against its
-    /// client's allowance; 429 when the allowance is used up.
-    async fn charge(&self, client: Option<IpAddr>) -> Result<Charge, ApiError> {
-        match self.clients.charge(client).await {
-            Some(charge) => Ok(charge),
-            None => {
-                refused(&self.counters.throttled, "throttled");
-                Err(ApiError::new(
-                    ErrorCode::RateLimited,
-                    "too many requests with unknown API keys from this address; retry in 1 s",
-                ))
-            }
-        }
-    }
-
-    /// Reads one secret from the database, waiting for a lookup slot.
-    async fn load(&self, hash: Hash) -> Result<Arc<KeyInfo>, Miss> {
         let Ok(Ok(_slot)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await
         else {
             refused(&self.counters.busy, "busy");
             return Err(Miss::Busy);
         };
+        if self.clients.blocked(client).await {
+            refused(&self.counters.throttled, "throttled");
+            return Err(Miss::Throttled);
+        }
+        let c = &self.counters;
+        let running = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        c.peak.fetch_max(running, Ordering::Relaxed);
+        let found = self.read(hash).await;
+        c.in_flight.fetch_sub(1, Ordering::Relaxed);
         let failed = |e: ApiError| {
             tracing::error!(error = %e, "API key lookup failed");
             Miss::Failed(e.code, e.message)
         };
-        let mut conn = self.store.conn().await.map_err(|e| failed(e.into()))?;
-        let found = tally_store::keys::lookup_secret(&mut conn, &hex::encode(hash))
-            .await
-            .map_err(|e| failed(e.into()))?;
-        drop(conn);
-        match found {
+        match found.map_err(failed)? {
             Some((row, secret_expires_at)) => {
-                looked_up(&self.counters.found_lookups, "found");
-                Ok(Arc::new(
-                    KeyInfo::from_row(&row, secret_expires_at).map_err(failed)?,
-                ))
+                looked_up(&c.found_lookups, "found");
+                let info = KeyInfo::from_row(&row, secret_expires_at).map_err(failed)?;
+                Ok(Some(Arc::new(info)))
             }
             None => {
-                looked_up(&self.counters.unknown_lookups, "unknown");
+                looked_up(&c.unknown_lookups, "unknown");
                 self.unknown.insert(hash, ()).await;
-                Err(Miss::Unknown)
+                Ok(None)
             }
         }
+    }
+
+    async fn read(&self, hash: Hash) -> Result<Option<(KeyRow, Option<i64>)>, ApiError> {
+        let mut conn = self.store.conn().await?;
+        Ok(tally_store::keys::lookup_secret(&mut conn, &hex::encode(hash)).await?)
     }
 
     /// Drops the cached entries of these keys. moka applies the predicate to
@@ -292,7 +362,7 @@ impl KeyCache {
         let ids = key_ids.clone();
         if let Err(e) = self
             .found
-            .invalidate_entries_if(move |_, info| ids.contains(&info.id))
+            .invalidate_entries_if(move |_, c| ids.contains(&c.info.id))
         {
             // Only possible without `support_invalidation_closures`; drop all
             // rather than serve a revoked key.
@@ -311,31 +381,22 @@ impl KeyCache {
             known_unknown: get(&c.known_unknown),
             throttled: get(&c.throttled),
             busy: get(&c.busy),
+            peak_concurrent_lookups: get(&c.peak),
         }
     }
 }
 
-/// Per-client-address allowance of requests whose key is not in the cache:
-/// GCRA, `per_sec` a second with bursts as large, in memory and bounded
-/// (`MAX_TRACKED_CLIENTS` addresses; an address idle for 2 s has a full
-/// allowance again and is forgotten). IPv6 clients count per /64, the block
-/// one subscriber usually gets.
+/// Per-client-address allowance of unknown-key failures: GCRA, `per_sec` a
+/// second with bursts as large, in memory and bounded (`MAX_TRACKED_CLIENTS`
+/// addresses; an address idle for 2 s has its whole allowance again and is
+/// forgotten). IPv6 clients count per /64, the block one subscriber usually
+/// gets. Only failures are counted, so valid keys (many calls at once with a
+/// new key included) never use the allowance up.
 struct ClientThrottle {
     per_sec: u32,
     started: Instant,
     /// Theoretical arrival time (microseconds since `started`) per address.
     tats: Cache<IpAddr, Arc<AtomicI64>>,
-}
-
-/// One unit of a client's allowance, given back when the key was valid.
-struct Charge(Option<(Arc<AtomicI64>, i64)>);
-
-impl Charge {
-    fn refund(self) {
-        if let Some((tat, interval)) = self.0 {
-            tat.fetch_sub(interval, Ordering::Relaxed);
-        }
-    }
 }
 
 impl ClientThrottle {
@@ -350,32 +411,47 @@ impl ClientThrottle {
         }
     }
 
-    /// Takes one unit of `client`'s allowance; `None` when none is left.
-    async fn charge(&self, client: Option<IpAddr>) -> Option<Charge> {
-        let (Some(ip), per_sec) = (client, self.per_sec) else {
-            return Some(Charge(None));
-        };
-        if per_sec == 0 {
-            return Some(Charge(None));
+    fn now_us(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// One failure's share of a second, when the throttle applies to `client`.
+    fn interval_us(&self, client: Option<IpAddr>) -> Option<(IpAddr, i64)> {
+        match (client, self.per_sec) {
+            (Some(ip), per_sec @ 1..) => {
+                Some((client_block(ip), (1_000_000 / i64::from(per_sec)).max(1)))
+            }
+            _ => None,
         }
+    }
+
+    /// Whether `client` has used up its allowance: `per_sec` failures within
+    /// the last second, or more at a lower rate than it refills.
+    async fn blocked(&self, client: Option<IpAddr>) -> bool {
+        let Some((block, interval)) = self.interval_us(client) else {
+            return false;
+        };
+        let Some(tat) = self.tats.get(&block).await else {
+            return false;
+        };
+        let tolerance = 1_000_000 - interval;
+        tat.load(Ordering::Relaxed) > self.now_us() + tolerance
+    }
+
+    /// Counts one unknown-key failure of `client`. The debt never exceeds a
+    /// second, so an address is refused for at most a second after it stops.
+    async fn failed(&self, client: Option<IpAddr>) {
+        let Some((block, interval)) = self.interval_us(client) else {
+            return;
+        };
         let tat = self
             .tats
-            .get_with(client_block(ip), async { Arc::new(AtomicI64::new(0)) })
+            .get_with(block, async { Arc::new(AtomicI64::new(0)) })
             .await;
-        let now = i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX);
-        let interval = (1_000_000 / i64::from(per_sec)).max(1);
-        let tolerance = 1_000_000 - interval;
-        let mut current = tat.load(Ordering::Relaxed);
-        loop {
-            let next = current.max(now) + interval;
-            if next - interval - tolerance > now {
-                return None;
-            }
-            match tat.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Some(Charge(Some((tat, interval)))),
-                Err(seen) => current = seen,
-            }
-        }
+        let now = self.now_us();
+        let _ = tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            Some((t.max(now) + interval).min(now + 1_000_000))
+        });
     }
 }
 
@@ -391,6 +467,13 @@ fn client_block(ip: IpAddr) -> IpAddr {
             )),
         },
     }
+}
+
+fn throttled() -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        "too many requests with unknown API keys from this address; retry in 1 s",
+    )
 }
 
 pub fn invalid_key() -> ApiError {
@@ -428,25 +511,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_gets_its_allowance_per_second_and_refunds_restore_it() {
+    async fn a_client_is_blocked_after_its_allowance_of_failures_until_it_refills() {
         let throttle = ClientThrottle::new(5);
         let me: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let mut charges = Vec::new();
-        for _ in 0..5 {
-            charges.push(throttle.charge(Some(me)).await.expect("within the burst"));
+        for _ in 0..4 {
+            throttle.failed(Some(me)).await;
         }
-        assert!(throttle.charge(Some(me)).await.is_none(), "the sixth is refused");
-        assert!(throttle.charge(Some(other)).await.is_some(), "others are not");
-        assert!(throttle.charge(None).await.is_some(), "no address, no throttle");
-        charges.pop().unwrap().refund();
-        assert!(throttle.charge(Some(me)).await.is_some(), "a refund gives one back");
-        assert!(throttle.charge(Some(me)).await.is_none());
+        assert!(!throttle.blocked(Some(me)).await, "four of five used");
+        throttle.failed(Some(me)).await;
+        assert!(throttle.blocked(Some(me)).await, "five in a second");
+        assert!(!throttle.blocked(Some(other)).await, "others are not");
+        for _ in 0..100 {
+            throttle.failed(None).await;
+        }
+        assert!(!throttle.blocked(None).await, "no address, no throttle");
+        // The debt is capped at a second: many more failures do not extend it.
+        for _ in 0..100 {
+            throttle.failed(Some(me)).await;
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(throttle.charge(Some(me)).await.is_some(), "one more after 200 ms");
+        assert!(!throttle.blocked(Some(me)).await, "one more after 200 ms");
+        throttle.failed(Some(me)).await;
+        assert!(throttle.blocked(Some(me)).await);
         let off = ClientThrottle::new(0);
         for _ in 0..100 {
-            assert!(off.charge(Some(me)).await.is_some());
+            off.failed(Some(me)).await;
         }
+        assert!(!off.blocked(Some(me)).await);
     }
 }

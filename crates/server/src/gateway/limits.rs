@@ -348,11 +348,6 @@ impl KeyLimiter {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Limiter state is plain counters, consistent after any panic.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The limiters of every key that called recently, by key id.
 ///
 /// Bounded: when a new key would take the map past `capacity`, and at most
@@ -424,6 +419,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap()
+    }
 
     fn limits(f: impl FnOnce(&mut KeyLimits)) -> KeyLimits {
         let mut l = KeyLimits::default();

@@ -10,6 +10,7 @@ mod bonuses;
 mod durability;
 mod events;
 mod gateway;
+mod keycache;
 mod keys;
 mod members;
 mod monitoring;
