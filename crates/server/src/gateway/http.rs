@@ -35,7 +35,8 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
 fn key_error(e: &ApiError) -> HttpResponse {
     let mut res = e.error_response();
     if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
-        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     res
 }

@@ -305,17 +305,12 @@ impl KeyCache {
     /// One database lookup of a secret, in a lookup slot; unknown secrets go
     /// to the unknown cache. `client` is checked again once a slot is free:
     /// its failures may have used up its allowance while it waited.
-    async fn load(
-        &self,
-        hash: Hash,
-        client: Option<IpAddr>,
-    ) -> Result<Option<Arc<KeyInfo>>, Miss> {
+    async fn load(&self, hash: Hash, client: Option<IpAddr>) -> Result<Option<Arc<KeyInfo>>, Miss> {
         if self.unknown.contains_key(&hash) {
             refused(&self.counters.known_unknown, "known_unknown");
             return Ok(None);
         }
-        let Ok(Ok(_slot)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await
-        else {
+        let Ok(Ok(_slot)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await else {
             refused(&self.counters.busy, "busy");
             return Err(Miss::Busy);
         };
@@ -493,10 +488,7 @@ mod tests {
     fn the_lookup_hash_matches_the_stored_hash_format() {
         let secret = "tk_test_abc";
         let hash: Hash = Sha256::digest(secret.as_bytes()).into();
-        assert_eq!(
-            hex::encode(hash),
-            crate::auth::tokens::sha256_hex(secret)
-        );
+        assert_eq!(hex::encode(hash), crate::auth::tokens::sha256_hex(secret));
     }
 
     #[test]

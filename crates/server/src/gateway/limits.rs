@@ -400,8 +400,7 @@ impl Limiters {
         // handle to a limiter while its count is checked. A limiter locked
         // right now is in use: keep it rather than wait.
         self.map.retain(|_, limiter| {
-            Arc::strong_count(limiter) > 1
-                || limiter.try_lock().map_or(true, |l| !l.idle(now_ms))
+            Arc::strong_count(limiter) > 1 || limiter.try_lock().map_or(true, |l| !l.idle(now_ms))
         });
     }
 

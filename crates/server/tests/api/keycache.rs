@@ -136,7 +136,10 @@ async fn concurrent_misses_of_one_secret_read_the_database_once(backend: Backend
     }
     let stats = gw.keys.stats();
     assert_eq!(stats.unknown_lookups, 1, "16 calls, one lookup");
-    assert_eq!(stats.known_unknown, 15, "the others were answered from memory");
+    assert_eq!(
+        stats.known_unknown, 15,
+        "the others were answered from memory"
+    );
 }
 
 async fn malformed_and_repeated_unknown_secrets_cost_no_lookup(backend: Backend) {
@@ -170,9 +173,7 @@ async fn malformed_and_repeated_unknown_secrets_cost_no_lookup(backend: Backend)
     assert_eq!((stats.unknown_lookups, stats.known_unknown), (1, 4));
 }
 
-async fn an_address_sending_unknown_keys_gets_429_while_cached_keys_keep_working(
-    backend: Backend,
-) {
+async fn an_address_sending_unknown_keys_gets_429_while_cached_keys_keep_working(backend: Backend) {
     const PER_SEC: u32 = 1;
     let (app, gw) = spawn_app_with(backend, |s| {
         s.gateway.unknown_keys_per_ip_per_sec = PER_SEC;
@@ -195,9 +196,13 @@ async fn an_address_sending_unknown_keys_gets_429_while_cached_keys_keep_working
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             assert_eq!(res.headers()["retry-after"], "1");
             assert_eq!(res.headers()["content-type"], "application/json");
-            let body = assert_error(res, StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
-                .await;
-            assert!(body.error.message.contains("unknown API keys"), "{}", body.error.message);
+            let body =
+                assert_error(res, StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited).await;
+            assert!(
+                body.error.message.contains("unknown API keys"),
+                "{}",
+                body.error.message
+            );
             throttled = Some(i);
             break;
         }
@@ -215,7 +220,11 @@ async fn an_address_sending_unknown_keys_gets_429_while_cached_keys_keep_working
     // While throttled: a cached key works; anything else from the address
     // (an unknown, a malformed or a not yet cached secret) gets 429.
     assert_eq!(chat(&app, &cached.secret).await.status(), StatusCode::OK);
-    for secret in [random_secret(), "tk_test_short".to_owned(), uncached.secret.clone()] {
+    for secret in [
+        random_secret(),
+        "tk_test_short".to_owned(),
+        uncached.secret.clone(),
+    ] {
         let res = chat(&app, &secret).await;
         assert_error(res, StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited).await;
     }
@@ -277,8 +286,12 @@ async fn the_limiter_map_stays_bounded_and_keeps_rate_and_quota_state(backend: B
     // more than its capacity, though eight keys called.
     let mut others = Vec::new();
     for i in 0..6 {
-        let k = create_key(&app, &user, json!({"name": format!("o{i}"), "environment": "test"}))
-            .await;
+        let k = create_key(
+            &app,
+            &user,
+            json!({"name": format!("o{i}"), "environment": "test"}),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(1050)).await;
         assert_eq!(chat(&app, &k.secret).await.status(), StatusCode::OK);
         assert!(

@@ -10,6 +10,7 @@ mod bonuses;
 mod durability;
 mod events;
 mod gateway;
+mod hostile;
 mod keycache;
 mod keys;
 mod members;
