@@ -7,6 +7,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::Environment;
 
+/// Random characters after the `tk_test_` / `tk_live_` prefix of a secret.
+pub const SECRET_RANDOM_LEN: usize = 40;
+
+/// Whether `secret` has the shape of a key secret: `tk_test_` or `tk_live_`
+/// followed by exactly [`SECRET_RANDOM_LEN`] ASCII letters and digits. The
+/// gateway turns anything else away before it hashes it or reads the database.
+pub fn secret_well_formed(secret: &str) -> bool {
+    let Some(random) = secret
+        .strip_prefix("tk_test_")
+        .or_else(|| secret.strip_prefix("tk_live_"))
+    else {
+        return false;
+    };
+    random.len() == SECRET_RANDOM_LEN && random.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Per-key rate limits and quotas (K2). Absent means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -154,4 +170,29 @@ pub struct KeyAuditEntry {
 pub struct KeyAudit {
     /// Oldest first.
     pub items: Vec<KeyAuditEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_prefixed_forty_character_alphanumeric_secrets_are_well_formed() {
+        let random = "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9T0";
+        assert!(secret_well_formed(&format!("tk_test_{random}")));
+        assert!(secret_well_formed(&format!("tk_live_{random}")));
+        for bad in [
+            String::new(),
+            "tk_test_nope".to_owned(),
+            format!("tk_prod_{random}"),
+            format!("tk_test_{random}x"),
+            format!("tk_test_{}", &random[1..]),
+            format!("tk_test_{}-", &random[1..]),
+            format!("tk_test_{}\0", &random[1..]),
+            format!("tk_test_{}é", &random[2..]),
+            format!("TK_TEST_{random}"),
+        ] {
+            assert!(!secret_well_formed(&bad), "{bad:?}");
+        }
+    }
 }

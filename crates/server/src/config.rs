@@ -157,6 +157,23 @@ pub struct GatewaySettings {
     pub poll_interval_ms: u64,
     /// A cached key is re-read after this long even without a change notice.
     pub key_cache_ttl_secs: u64,
+    /// Most key secrets the key cache holds; the least useful go first.
+    pub key_cache_capacity: u64,
+    /// Most unknown secrets remembered as unknown (a separate cache, so
+    /// unknown secrets can never push known keys out).
+    pub unknown_key_cache_capacity: u64,
+    /// How long an unknown secret is answered from memory.
+    pub unknown_key_cache_ttl_secs: u64,
+    /// Most database lookups of uncached secrets at once, so a flood of
+    /// unknown secrets cannot take every pooled connection.
+    pub key_lookup_concurrency: usize,
+    /// Requests with a key that is not in the cache one client address may
+    /// make per second (burst as large) while its keys keep turning out
+    /// unknown; more get 429 `rate_limited` without a lookup. 0 turns it off.
+    pub unknown_keys_per_ip_per_sec: u32,
+    /// Most per-key limiters kept in memory; beyond it, limiters whose
+    /// buckets have refilled and that no call holds are dropped.
+    pub limiter_capacity: usize,
     /// Seconds between health probes of upstreams that have a `health_path`.
     pub health_interval_secs: u64,
     /// The platform's fee on calls to a seller's API, in basis points of the
@@ -187,6 +204,12 @@ impl Default for GatewaySettings {
             welcome_test_credits_micros: 10_000_000,
             poll_interval_ms: 500,
             key_cache_ttl_secs: 60,
+            key_cache_capacity: 100_000,
+            unknown_key_cache_capacity: 100_000,
+            unknown_key_cache_ttl_secs: 5,
+            key_lookup_concurrency: 4,
+            unknown_keys_per_ip_per_sec: 20,
+            limiter_capacity: 100_000,
             health_interval_secs: 5,
             platform_fee_bps: 1000,
             seller_critical_balance_micros: 1_000_000,

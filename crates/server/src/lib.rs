@@ -185,6 +185,11 @@ impl Application {
         &self.state.store
     }
 
+    /// The gateway, for tests and benchmarks that look at its state.
+    pub fn gateway(&self) -> &Arc<gateway::Gateway> {
+        &self.state.gateway
+    }
+
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }

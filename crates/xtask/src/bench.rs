@@ -82,6 +82,22 @@ pub fn bench_monitoring(cx: &Ctx, args: &[String]) -> Result<()> {
     exec(&mut cmd)
 }
 
+pub fn bench_keyflood(cx: &Ctx, args: &[String]) -> Result<()> {
+    step("build and run the key flood benchmark (release)");
+    let mut cmd = cx.cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "tally-server",
+        "--example",
+        "bench_keyflood",
+        "--",
+    ])
+    .args(args);
+    exec(&mut cmd)
+}
+
 pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["--quick"])?;
     let plan = if flags.has("--quick") { QUICK } else { FULL };

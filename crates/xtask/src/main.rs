@@ -53,6 +53,10 @@ Commands:
                        database and prints dashboard and monitoring query
                        latency p50/p95 (release build; SQLite, and PostgreSQL
                        when a server URL is given)
+  bench-keyflood [--calls N] [--postgres URL] [--no-sqlite]
+                       a cached key's call latency p50/p99 while random keys
+                       flood the gateway from one and from 256 addresses
+                       (release build; default settings)
   help                 this text
 ";
 
@@ -100,6 +104,7 @@ fn try_main() -> Result<ExitCode> {
         }
         "bench-gateway" => bench::bench_gateway(&cx, &rest).map(|()| ExitCode::SUCCESS),
         "bench-monitoring" => bench::bench_monitoring(&cx, &rest).map(|()| ExitCode::SUCCESS),
+        "bench-keyflood" => bench::bench_keyflood(&cx, &rest).map(|()| ExitCode::SUCCESS),
         "dev" => {
             dev();
             Ok(ExitCode::SUCCESS)

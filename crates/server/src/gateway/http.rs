@@ -2,9 +2,10 @@
 //! `/v1/apis/{slug}/{path}` for every other catalog API. Callers authenticate
 //! with `Authorization: Bearer tk_…`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use actix_web::{get, post, route, web, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -27,6 +28,27 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or_else(invalid_key)
+}
+
+/// The answer to a key that did not authenticate. The throttle of unknown
+/// keys (429) and busy lookups (503) clear within a second: `Retry-After: 1`.
+fn key_error(e: &ApiError) -> HttpResponse {
+    let mut res = e.error_response();
+    if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
+
+/// The key of a request, looked up with the caller's address.
+async fn authenticate(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Arc<super::keys::KeyInfo>, ApiError> {
+    let secret = bearer(req)?;
+    let client = req.peer_addr().map(|a| a.ip());
+    state.gateway.authenticate(secret, client).await
 }
 
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
@@ -70,13 +92,9 @@ async fn call(
 ) -> HttpResponse {
     let started = Instant::now();
     let gw = &state.gateway;
-    let key = match bearer(&req) {
-        Ok(secret) => gw.authenticate(secret).await,
-        Err(e) => Err(e),
-    };
-    let key = match key {
+    let key = match authenticate(&req, &state).await {
         Ok(k) => k,
-        Err(e) => return e.error_response(),
+        Err(e) => return key_error(&e),
     };
     let body = match read_body(payload, gw.settings().max_body_bytes).await {
         Ok(b) => b,
@@ -119,9 +137,9 @@ async fn call(
         (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
         (status = 403, description = "The key may not call this model", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached; see Retry-After", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
         (status = 502, description = "The upstream failed", body = ErrorBody),
-        (status = 503, description = "The API is disabled or has no upstream", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
         (status = 504, description = "The upstream timed out", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -145,7 +163,8 @@ pub async fn chat_completions(
         (status = 200, description = "The model's answer (JSON, or server-sent events when streaming)"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -168,7 +187,8 @@ pub async fn completions(
         (status = 200, description = "The embeddings"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -198,8 +218,9 @@ pub async fn embeddings(
         (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
         (status = 403, description = "The key may not call this API", body = ErrorBody),
         (status = 404, description = "Unknown API", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached", body = ErrorBody),
+        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
         (status = 502, description = "The upstream failed", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
         (status = 504, description = "The upstream timed out", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -239,6 +260,8 @@ pub async fn generic(
     responses(
         (status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", \"owned_by\"}]}`"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
+        (status = 429, description = "Too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 503, description = "Key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -246,7 +269,7 @@ pub async fn generic(
 pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     match visible_models(&req, &state).await {
         Ok(list) => HttpResponse::Ok().json(json!({"object": "list", "data": list})),
-        Err(e) => e.error_response(),
+        Err(e) => key_error(&e),
     }
 }
 
@@ -260,6 +283,8 @@ pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         (status = 200, description = "`{\"id\", \"object\": \"model\", \"owned_by\"}`"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 429, description = "Too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 503, description = "Key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -274,7 +299,7 @@ pub async fn model(
             Some(m) => HttpResponse::Ok().json(m),
             None => ApiError::not_found(&format!("model '{model}'")).error_response(),
         },
-        Err(e) => e.error_response(),
+        Err(e) => key_error(&e),
     }
 }
 
@@ -282,7 +307,7 @@ async fn visible_models(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
-    let key = state.gateway.authenticate(bearer(req)?).await?;
+    let key = authenticate(req, state).await?;
     key.check_usable(tally_store::now_ms())?;
     let catalog = state.gateway.catalog();
     let mut out = Vec::new();

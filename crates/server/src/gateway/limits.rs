@@ -10,8 +10,17 @@
 //! Quotas count calls and credits per UTC day and calendar month. Credits are
 //! reserved at admission (the call's maximum cost) and settled at capture, so
 //! concurrent calls cannot overrun a credit quota either.
+//!
+//! The limiters of all keys live in [`Limiters`], bounded: past its capacity
+//! it drops the limiters that hold nothing a fresh one would not (every bucket
+//! refilled, no call in flight). Their day and month counters are read again
+//! from the recorded usage when the key next calls.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{Datelike, TimeZone, Utc};
+use dashmap::DashMap;
 use tally_common::KeyLimits;
 
 const MS_PER_SEC: i64 = 1000;
@@ -194,6 +203,19 @@ pub struct QuotaCounters {
 }
 
 impl KeyLimiter {
+    /// Whether a fresh limiter would decide exactly as this one does: every
+    /// rate bucket has refilled (its last call is a full window back, token
+    /// debt paid) and no call holds a reservation. Its quota counters are not
+    /// lost with it: they are read again from the recorded usage.
+    fn idle(&self, now_ms: i64) -> bool {
+        let now_us = now_ms.saturating_mul(1000);
+        [self.rps, self.rpm, self.tpm]
+            .iter()
+            .all(|g| g.tat_us <= now_us)
+            && self.day.reserved == 0
+            && self.month.reserved == 0
+    }
+
     /// Whether the day and month counters are current for `now_ms`; when not,
     /// the caller loads them from the database with [`KeyLimiter::load`].
     pub fn counted(&self, now_ms: i64) -> bool {
@@ -326,11 +348,80 @@ impl KeyLimiter {
     }
 }
 
+/// The limiters of every key that called recently, by key id.
+///
+/// Bounded: when a new key would take the map past `capacity`, and at most
+/// once a second, it drops every limiter that is [idle](KeyLimiter::idle)
+/// and that nothing outside the map holds (a call in flight keeps its
+/// limiter, from admission until its usage is committed, so the counts it
+/// settles are never lost). Limiters in use are kept even past the capacity:
+/// they belong to keys that authenticated, so the map cannot grow past the
+/// keys actually calling.
+pub struct Limiters {
+    map: DashMap<String, Arc<Mutex<KeyLimiter>>>,
+    capacity: usize,
+    /// When the last sweep ran (Unix ms).
+    swept_ms: AtomicI64,
+}
+
+impl Limiters {
+    pub fn new(capacity: usize) -> Self {
+        Limiters {
+            map: DashMap::new(),
+            capacity: capacity.max(1),
+            swept_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// The limiter of `key_id`, created (fresh, quotas not yet counted) when
+    /// there is none.
+    pub fn get(&self, key_id: &str, now_ms: i64) -> Arc<Mutex<KeyLimiter>> {
+        if let Some(l) = self.map.get(key_id) {
+            return l.clone();
+        }
+        if self.map.len() >= self.capacity {
+            self.sweep(now_ms);
+        }
+        self.map.entry(key_id.to_owned()).or_default().clone()
+    }
+
+    /// Drops the idle limiters nobody holds, at most once a second.
+    fn sweep(&self, now_ms: i64) {
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        if now_ms - last < 1000
+            || self
+                .swept_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // `retain` holds each shard's write lock, so nobody can take a new
+        // handle to a limiter while its count is checked. A limiter locked
+        // right now is in use: keep it rather than wait.
+        self.map.retain(|_, limiter| {
+            Arc::strong_count(limiter) > 1 || limiter.try_lock().map_or(true, |l| !l.idle(now_ms))
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap()
+    }
 
     fn limits(f: impl FnOnce(&mut KeyLimits)) -> KeyLimits {
         let mut l = KeyLimits::default();
@@ -424,6 +515,43 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert!(k.admit(&l, t + 61_000, 0).is_ok());
+    }
+
+    #[test]
+    fn the_limiter_map_drops_only_idle_unheld_limiters_past_its_capacity() {
+        // Two a minute: each call takes 30 s of the bucket.
+        let l = limits(|l| l.requests_per_minute = Some(2));
+        let limiters = Limiters::new(3);
+        let t = 1_700_000_000_000;
+        for key in ["a", "b", "c"] {
+            lock(&limiters.get(key, t)).admit(&l, t, 0).unwrap();
+        }
+        // "a" is held by a call in flight; "b" called again at t + 50 s, so
+        // its bucket refills only at t + 80 s; "c" refilled at t + 30 s.
+        let held = limiters.get("a", t);
+        lock(&limiters.get("b", t + 50_000))
+            .admit(&l, t + 50_000, 0)
+            .unwrap();
+        limiters.get("d", t + 70_000);
+        let mut kept: Vec<_> = limiters.map.iter().map(|e| e.key().clone()).collect();
+        kept.sort();
+        assert_eq!(kept, ["a", "b", "d"]);
+        // The next sweep waits a second; then "a", released and refilled, goes.
+        drop(held);
+        limiters.get("e", t + 70_500);
+        assert_eq!(limiters.len(), 4);
+        limiters.get("f", t + 100_000);
+        let mut kept: Vec<_> = limiters.map.iter().map(|e| e.key().clone()).collect();
+        kept.sort();
+        assert_eq!(kept, ["f"], "b, d and e refilled too");
+        // A limiter with a reservation (a call admitted, not settled) stays.
+        let busy = limiters.get("g", t + 100_000);
+        lock(&busy).admit(&l, t + 100_000, 500).unwrap();
+        drop(busy);
+        limiters.get("h", t + 200_000);
+        limiters.get("i", t + 300_000);
+        assert!(limiters.map.contains_key("g"));
+        assert!(!limiters.map.contains_key("f"));
     }
 
     #[test]

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use bytes::Bytes;
-use dashmap::DashMap;
 use serde_json::Value;
 use tally_common::{CatalogApiConfig, Environment, ErrorCode};
 use tally_store::Store;
@@ -47,7 +46,7 @@ use crate::services::settle::{Charge, Settler};
 use call::{lock, Call, Outcome};
 use catalog::{Api, Catalog};
 use keys::{KeyCache, KeyInfo};
-use limits::{Counted, KeyLimiter, Refusal};
+use limits::{Counted, KeyLimiter, Limiters, Refusal};
 use wire::{error_reply, header, rate_headers, Headers};
 pub use wire::{Endpoint, Inbound, Reply, ReplyBody, Summary};
 
@@ -58,8 +57,8 @@ const MAX_MODEL: usize = 200;
 
 pub struct Gateway {
     store: Store,
-    keys: KeyCache,
-    limiters: DashMap<String, Arc<Mutex<KeyLimiter>>>,
+    pub keys: KeyCache,
+    pub limiters: Limiters,
     settler: Arc<Settler>,
     catalog: RwLock<Arc<Catalog>>,
     client: reqwest::Client,
@@ -94,11 +93,8 @@ impl Gateway {
             settings.platform_fee_bps,
         );
         Ok(Arc::new(Gateway {
-            keys: KeyCache::new(
-                store.clone(),
-                Duration::from_secs(settings.key_cache_ttl_secs),
-            ),
-            limiters: DashMap::new(),
+            keys: KeyCache::new(store.clone(), &settings),
+            limiters: Limiters::new(settings.limiter_capacity),
             settler: Arc::new(settler),
             catalog: RwLock::new(Arc::new(catalog)),
             client,
@@ -176,11 +172,13 @@ impl Gateway {
         let mut conn = self.store.conn().await?;
         // Look back a little: a change committed late with an earlier
         // timestamp must not slip past the watermark. Dropping a key twice is harmless.
+        let polled_at = tally_store::now_ms();
         let changed = tally_store::keys::changed_since(&mut conn, *since - 2000).await?;
         let ids: HashSet<String> = changed.iter().map(|(id, _)| id.clone()).collect();
-        if let Some(max) = changed.iter().map(|(_, t)| *t).max() {
-            *since = (*since).max(max);
-        }
+        // The watermark is the time of this poll, not of the newest change:
+        // that one would stay the watermark while nothing else changed, and
+        // its key would be dropped and read again at every poll.
+        *since = (*since).max(polled_at);
         self.keys.invalidate(&ids);
         let version = tally_store::catalog::version(&mut conn).await?;
         drop(conn);
@@ -219,16 +217,18 @@ impl Gateway {
         self.keys.invalidate(&HashSet::from([key_id.to_owned()]));
     }
 
-    /// The key a bearer secret names.
-    pub async fn authenticate(&self, secret: &str) -> Result<Arc<KeyInfo>, ApiError> {
-        self.keys.lookup(secret).await
+    /// The key a bearer secret names; `client` is the caller's address, for
+    /// the throttle of unknown keys.
+    pub async fn authenticate(
+        &self,
+        secret: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Arc<KeyInfo>, ApiError> {
+        self.keys.lookup(secret, client).await
     }
 
     fn limiter(&self, key_id: &str) -> Arc<Mutex<KeyLimiter>> {
-        if let Some(l) = self.limiters.get(key_id) {
-            return l.clone();
-        }
-        self.limiters.entry(key_id.to_owned()).or_default().clone()
+        self.limiters.get(key_id, tally_store::now_ms())
     }
 
     /// The quota counters of a key as the gateway enforces them now.

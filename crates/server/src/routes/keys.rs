@@ -35,7 +35,7 @@ pub fn new_secret(env: Environment) -> String {
     format!(
         "tk_{}_{}",
         env.as_str(),
-        Alphanumeric.sample_string(&mut rand::thread_rng(), 40)
+        Alphanumeric.sample_string(&mut rand::thread_rng(), tally_common::SECRET_RANDOM_LEN)
     )
 }
 

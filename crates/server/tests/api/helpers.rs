@@ -208,6 +208,29 @@ pub async fn spawn_with(db: TestDatabase, change: impl FnOnce(&mut Settings)) ->
     }
 }
 
+/// A test server with `configure`d settings, and its gateway (whose caches
+/// and counters some tests look at).
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> (TestApp, std::sync::Arc<tally_server::gateway::Gateway>) {
+    let db = TestDatabase::new(backend).await;
+    let mut settings = test_settings(&db);
+    configure(&mut settings);
+    let app = Application::build(settings).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store().clone();
+    let gateway = app.gateway().clone();
+    tokio::spawn(app.run_until_stopped());
+    let app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        store,
+    };
+    (app, gateway)
+}
+
 /// A signed-up account: its tokens and personal namespace.
 pub struct User {
     pub email: String,

@@ -10,6 +10,8 @@ mod bonuses;
 mod durability;
 mod events;
 mod gateway;
+mod hostile;
+mod keycache;
 mod keys;
 mod members;
 mod money;
