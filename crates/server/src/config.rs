@@ -34,6 +34,8 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub billing: BillingSettings,
     pub monitoring: MonitoringSettings,
+    /// Which hosts and addresses outbound calls may reach (`[egress]`).
+    pub egress: crate::egress::EgressSettings,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             gateway: GatewaySettings::default(),
             billing: BillingSettings::default(),
             monitoring: MonitoringSettings::default(),
+            egress: crate::egress::EgressSettings::default(),
         }
     }
 }
@@ -114,6 +117,10 @@ pub struct GatewaySettings {
     /// A seller whose live balance is below this (micro-credits) has the live
     /// serving of its APIs paused until it tops up (C8).
     pub seller_critical_balance_micros: i64,
+    /// The egress policy compiled from the top-level `[egress]` settings;
+    /// `Application::build` puts it here, so the gateway's clients obey it.
+    #[serde(skip)]
+    pub egress: std::sync::Arc<crate::egress::Egress>,
 }
 
 impl Default for GatewaySettings {
@@ -128,6 +135,7 @@ impl Default for GatewaySettings {
             health_interval_secs: 5,
             platform_fee_bps: 1000,
             seller_critical_balance_micros: 1_000_000,
+            egress: std::sync::Arc::default(),
         }
     }
 }

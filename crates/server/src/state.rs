@@ -15,6 +15,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub passwords: Passwords,
     pub gateway: Arc<Gateway>,
+    /// The egress policy and its clients (price feed, upstream validation).
+    pub egress: Arc<crate::egress::Egress>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,
     pub started: Instant,

@@ -193,7 +193,7 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Self>> {
         catalog_sync(&store, config_apis).await?;
         let catalog = load_catalog(&store).await?;
-        let client = upstream_client()?;
+        let client = upstream_client(&settings.egress)?;
         Ok(Arc::new(Gateway {
             keys: KeyCache::new(
                 store.clone(),
@@ -704,9 +704,11 @@ impl Gateway {
     }
 }
 
-/// A client for upstream calls: keep-alive pool, no Nagle delay.
-fn upstream_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// A client for upstream calls: keep-alive pool, no Nagle delay; its
+/// connections obey the egress policy.
+fn upstream_client(egress: &crate::egress::Egress) -> reqwest::Result<reqwest::Client> {
+    egress
+        .client_builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(512)
         .connect_timeout(Duration::from_secs(5))
@@ -727,8 +729,10 @@ impl Gateway {
     /// its thread from the client's request to the upstream's answer.
     fn forwarding_client(&self) -> reqwest::Client {
         WORKER_CLIENT.with(|c| {
-            c.get_or_init(|| upstream_client().unwrap_or_else(|_| self.client.clone()))
-                .clone()
+            c.get_or_init(|| {
+                upstream_client(&self.settings.egress).unwrap_or_else(|_| self.client.clone())
+            })
+            .clone()
         })
     }
 }
