@@ -53,6 +53,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // A policy or an outbound URL that cannot stand stops the start
+        // before anything is written.
+        let egress = Arc::new(egress::Egress::new(&settings.egress).map_err(anyhow::Error::msg)?);
+        check_egress(&settings, egress.policy())?;
         let url = settings
             .database_url()
             .context("cannot create the data directory")?;
@@ -111,8 +115,6 @@ impl Application {
             .await?;
         }
 
-        let egress = Arc::new(egress::Egress::new(&settings.egress).map_err(anyhow::Error::msg)?);
-        check_egress(&settings, egress.policy())?;
         let mut gateway_settings = settings.gateway.clone();
         gateway_settings.egress = egress.clone();
         let gateway = gateway::Gateway::new(store.clone(), gateway_settings, &settings.catalog)
