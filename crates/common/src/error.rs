@@ -63,6 +63,9 @@ pub enum ErrorCode {
     StaleTimestamp,
     /// The currency is not accepted (yet) for top-ups (400).
     UnsupportedCurrency,
+    /// An upstream URL names a host or address the server's egress policy
+    /// refuses (400).
+    UpstreamNotAllowed,
     /// Something failed inside the server; the request id finds it in the logs (500).
     Internal,
     /// A dependency (the database) is not available (503).
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::StaleTimestamp => "stale_timestamp",
             ErrorCode::UnsupportedCurrency => "unsupported_currency",
+            ErrorCode::UpstreamNotAllowed => "upstream_not_allowed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ServingPaused => "serving_paused",
@@ -110,9 +114,10 @@ impl ErrorCode {
     /// The HTTP status that always accompanies this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::InvalidJson | ErrorCode::UnsupportedCurrency => {
-                400
-            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::InvalidJson
+            | ErrorCode::UnsupportedCurrency
+            | ErrorCode::UpstreamNotAllowed => 400,
             ErrorCode::Unauthorized
             | ErrorCode::InvalidCredentials
             | ErrorCode::TokenExpired

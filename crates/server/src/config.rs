@@ -36,6 +36,8 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub billing: BillingSettings,
     pub monitoring: MonitoringSettings,
+    /// Which hosts and addresses outbound calls may reach (`[egress]`).
+    pub egress: crate::egress::EgressSettings,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             gateway: GatewaySettings::default(),
             billing: BillingSettings::default(),
             monitoring: MonitoringSettings::default(),
+            egress: crate::egress::EgressSettings::default(),
         }
     }
 }
@@ -193,6 +196,10 @@ pub struct GatewaySettings {
     pub max_event_bytes: usize,
     /// Largest upstream answer of a call that is not streamed.
     pub max_response_bytes: usize,
+    /// The egress policy compiled from the top-level `[egress]` settings;
+    /// `Application::build` puts it here, so the gateway's clients obey it.
+    #[serde(skip)]
+    pub egress: std::sync::Arc<crate::egress::Egress>,
 }
 
 impl Default for GatewaySettings {
@@ -217,6 +224,7 @@ impl Default for GatewaySettings {
             stream_send_timeout_secs: 30,
             max_event_bytes: 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
+            egress: std::sync::Arc::default(),
         }
     }
 }

@@ -7,12 +7,15 @@
 
 pub mod auth;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod gateway;
+pub mod headers;
 pub mod monitoring;
 pub mod openapi;
 pub mod routes;
 pub mod services;
+pub mod spa;
 pub mod state;
 pub mod telemetry;
 pub mod throttle;
@@ -23,7 +26,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_files::{Files, NamedFile};
 use actix_web::dev::{fn_service, Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
@@ -52,6 +54,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // A policy or an outbound URL that cannot stand stops the start
+        // before anything is written.
+        let egress = Arc::new(egress::Egress::new(&settings.egress).map_err(anyhow::Error::msg)?);
+        check_egress(&settings, egress.policy())?;
         if !settings.operators.is_empty() {
             anyhow::bail!(
                 "the `operators` setting no longer makes operators (anyone could sign up with \
@@ -126,10 +132,12 @@ impl Application {
             .await?;
         }
 
+        let mut gateway_settings = settings.gateway.clone();
+        gateway_settings.egress = egress.clone();
         let accounts = Arc::new(services::accounts::Accounts::new(store.clone()));
         let gateway = gateway::Gateway::new(
             store.clone(),
-            settings.gateway.clone(),
+            gateway_settings,
             &settings.catalog,
             accounts.clone(),
         )
@@ -155,6 +163,7 @@ impl Application {
             accounts,
             throttle,
             gateway,
+            egress,
             settings: Arc::new(settings),
             started_at: chrono::Utc::now(),
             started: Instant::now(),
@@ -206,6 +215,30 @@ fn base_url(addr: std::net::SocketAddr) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
+/// The config file's outbound URLs (catalog upstreams, the price feed) must
+/// pass the egress policy, or the server does not start.
+fn check_egress(settings: &Settings, policy: &egress::Policy) -> anyhow::Result<()> {
+    for api in &settings.catalog {
+        for u in api.upstreams.iter().chain(&api.test_upstreams) {
+            policy.check_url(&u.url).map_err(|why| {
+                anyhow::anyhow!(
+                    "catalog API '{}' in the config file: upstream {}: {why}",
+                    api.slug,
+                    u.url
+                )
+            })?;
+        }
+    }
+    if let Some(url) = settings.billing.price_url.as_deref().map(str::trim) {
+        if !url.is_empty() {
+            policy
+                .check_url(&url.replace("{currency}", "USDC"))
+                .map_err(|why| anyhow::anyhow!("billing.price_url: {why}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The whole HTTP application for one worker.
 fn app(
     state: web::Data<AppState>,
@@ -232,22 +265,15 @@ fn app(
         .openapi(openapi::base())
         .configure(routes::configure)
         .split_for_parts();
-    let mut app = app
-        .route("/metrics", web::get().to(routes::system::metrics))
-        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", api));
-    if static_dir.is_dir() {
-        app = app.service(
-            Files::new("/", &static_dir)
-                .index_file("index.html")
-                .default_handler(fallback_service(static_dir.clone())),
-        );
-    }
-    app.default_service(fallback_service(static_dir))
+    app.route("/metrics", web::get().to(routes::system::metrics))
+        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", api))
+        .default_service(fallback_service(static_dir))
+        .wrap(from_fn(headers::security))
         .wrap(from_fn(telemetry::request_context))
         .wrap(TracingLogger::default())
 }
 
-/// The service behind `spa_fallback`, for both the static files and the app.
+/// Every request no route took: the dashboard's files, or a JSON 404.
 fn fallback_service(
     static_dir: PathBuf,
 ) -> impl actix_web::dev::ServiceFactory<
@@ -267,28 +293,14 @@ fn fallback_service(
     })
 }
 
-/// Unknown API paths get a JSON 404; any other GET gets the SPA's index.html so
-/// client-side routes (`/keys`, `/settings`) survive a reload.
+/// Unknown API paths and methods other than GET and HEAD get a JSON 404;
+/// anything else is the dashboard's (see `spa`).
 async fn spa_fallback(req: &HttpRequest, static_dir: &std::path::Path) -> HttpResponse {
     let path = req.path();
-    let api_path = ["/api", "/v1", "/healthz", "/readyz", "/metrics"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
     let is_get = req.method() == actix_web::http::Method::GET
         || req.method() == actix_web::http::Method::HEAD;
-    if api_path || !is_get {
+    if headers::is_api_path(path) || !is_get {
         return ApiError::not_found(&format!("route {} {}", req.method(), path)).error_response();
     }
-    let index: PathBuf = static_dir.join("index.html");
-    match NamedFile::open_async(&index).await {
-        Ok(file) => file.into_response(req),
-        Err(_) => HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(
-                "<!doctype html><title>Tally</title><h1>Tally</h1>\
-             <p>The API is running, but the dashboard has not been built. \
-             Run <code>cargo xtask run</code> to build and serve it, \
-             or see <a href=\"/api/docs/\">the API documentation</a>.</p>",
-            ),
-    }
+    spa::serve(req, static_dir).await
 }

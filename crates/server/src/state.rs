@@ -20,6 +20,8 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub throttle: Arc<AuthThrottle>,
     pub gateway: Arc<Gateway>,
+    /// The egress policy and its clients (price feed, upstream validation).
+    pub egress: Arc<crate::egress::Egress>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,
     pub started: Instant,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod compress;
 mod http1;
 mod mock;
 
@@ -43,6 +44,7 @@ Commands:
                        cargo test, the release SPA build and the browser suite
   setup [--no-e2e]     install the tools the other commands need (idempotent)
   build-spa            build the dashboard into frontend/dist (trunk build --release)
+                       and write brotli and gzip siblings of its files
   openapi              regenerate the openapi/openapi.json snapshot
   dev                  how to work on the dashboard with `trunk serve`
   bench-gateway [--quick]
@@ -660,6 +662,28 @@ fn build_spa(cx: &Ctx) -> Result<()> {
             index.display()
         );
     }
+    step("precompress dashboard (brotli and gzip siblings)");
+    let sizes = compress::precompress(&static_dir(cx))?;
+    let kb = |n: u64| format!("{:.1} KB", n as f64 / 1000.0);
+    let (mut plain, mut br, mut gz) = (0, 0, 0);
+    for s in &sizes {
+        plain += s.plain;
+        br += s.brotli.unwrap_or(s.plain);
+        gz += s.gzip.unwrap_or(s.plain);
+        note(format!(
+            "{}: {} -> br {}, gzip {}",
+            s.path.display(),
+            kb(s.plain),
+            s.brotli.map_or("-".into(), kb),
+            s.gzip.map_or("-".into(), kb)
+        ));
+    }
+    note(format!(
+        "total: {} -> br {}, gzip {}",
+        kb(plain),
+        kb(br),
+        kb(gz)
+    ));
     Ok(())
 }
 

@@ -86,7 +86,7 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Self>> {
         catalog_sync(&store, config_apis).await?;
         let catalog = load_catalog(&store).await?;
-        let client = upstream_client()?;
+        let client = upstream_client(&settings.egress)?;
         let settler = Settler::new(
             accounts,
             Recorder::start(store.clone())?,
@@ -589,9 +589,11 @@ fn upstream_json(mut j: Value, endpoint: &Endpoint, stream: bool) -> Vec<u8> {
     serde_json::to_vec(&j).unwrap_or_default()
 }
 
-/// A client for upstream calls: keep-alive pool, no Nagle delay.
-fn upstream_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// A client for upstream calls: keep-alive pool, no Nagle delay; its
+/// connections obey the egress policy.
+fn upstream_client(egress: &crate::egress::Egress) -> reqwest::Result<reqwest::Client> {
+    egress
+        .client_builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(512)
         .connect_timeout(Duration::from_secs(5))
@@ -612,8 +614,10 @@ impl Gateway {
     /// its thread from the client's request to the upstream's answer.
     fn forwarding_client(&self) -> reqwest::Client {
         WORKER_CLIENT.with(|c| {
-            c.get_or_init(|| upstream_client().unwrap_or_else(|_| self.client.clone()))
-                .clone()
+            c.get_or_init(|| {
+                upstream_client(&self.settings.egress).unwrap_or_else(|_| self.client.clone())
+            })
+            .clone()
         })
     }
 }

@@ -88,6 +88,19 @@ fn unmask(new: Vec<Upstream>, old: &[Upstream]) -> Vec<Upstream> {
         .collect()
 }
 
+/// Every upstream URL must pass the egress policy (`upstream_not_allowed`).
+fn check_egress(state: &AppState, config: &CatalogApiConfig) -> ApiResult<()> {
+    for u in config.upstreams.iter().chain(&config.test_upstreams) {
+        state.egress.policy().check_url(&u.url).map_err(|why| {
+            ApiError::new(
+                ErrorCode::UpstreamNotAllowed,
+                format!("upstream {}: {why}", u.url),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// A model may be served by one API only, or routing by model would be ambiguous.
 fn check_models(state: &AppState, config: &CatalogApiConfig) -> ApiResult<()> {
     let catalog = state.gateway.catalog();
@@ -148,7 +161,7 @@ pub async fn admin_list(
     responses(
         (status = 401, body = ErrorBody),
         (status = 201, body = CatalogApiAdmin),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "`invalid_request`, or `upstream_not_allowed`: an upstream URL's host is refused by the egress policy", body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 409, description = "The slug or a model is taken", body = ErrorBody),
     )
@@ -161,6 +174,7 @@ pub async fn create(
 ) -> ApiResult<HttpResponse> {
     let config = body.into_inner();
     validate(&config).map_err(ApiError::invalid)?;
+    check_egress(&state, &config)?;
     check_models(&state, &config)?;
     let mut conn = state.store.conn().await?;
     check_owner(&mut conn, &config).await?;
@@ -209,7 +223,7 @@ pub async fn admin_get(
     responses(
         (status = 401, body = ErrorBody),
         (status = 200, body = CatalogApiAdmin),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "`invalid_request`, or `upstream_not_allowed`: an upstream URL's host is refused by the egress policy", body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
@@ -262,6 +276,7 @@ pub async fn update(
         c.owner_namespace_id = Some(v).filter(|o| !o.is_empty());
     }
     validate(&c).map_err(ApiError::invalid)?;
+    check_egress(&state, &c)?;
     check_models(&state, &c)?;
     check_owner(&mut tx, &c).await?;
     let json = serde_json::to_string(&c).map_err(ApiError::internal)?;

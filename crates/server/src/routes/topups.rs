@@ -473,7 +473,7 @@ async fn credit_for(
             subscription: Some(sub),
         });
     }
-    let rate = billing::rate(&state.settings.billing, n.currency).await?;
+    let rate = billing::rate(&state.settings.billing, &state.egress, n.currency).await?;
     let credited = billing::convert(n.amount_units, rate)
         .filter(|c| (1..=MAX_CREDIT).contains(c))
         .ok_or_else(|| {

@@ -15,7 +15,6 @@
 //!   REST API makes. The gateway's hot path is untouched: a call never waits
 //!   for an alert and debits need no extra write.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -25,6 +24,7 @@ use tally_store::events::NewEvent;
 use tally_store::Store;
 
 use crate::config::BillingSettings;
+use crate::egress::Egress;
 use crate::error::{ApiError, ApiResult};
 
 /// Header with the Unix time (seconds) the notification was signed at.
@@ -94,8 +94,13 @@ pub fn accepts(settings: &BillingSettings, currency: Currency) -> bool {
 }
 
 /// The rate to convert `currency` at now: fetched when `price_url` is set,
-/// else from the config. A feed that fails gives `upstream_error` (502).
-pub async fn rate(settings: &BillingSettings, currency: Currency) -> ApiResult<i64> {
+/// else from the config. A feed that fails, or that the egress policy
+/// refuses, gives `upstream_error` (502).
+pub async fn rate(
+    settings: &BillingSettings,
+    egress: &Egress,
+    currency: Currency,
+) -> ApiResult<i64> {
     let url = settings
         .price_url
         .as_deref()
@@ -117,6 +122,7 @@ pub async fn rate(settings: &BillingSettings, currency: Currency) -> ApiResult<i
     };
     let url = url.replace("{currency}", currency.as_str());
     fetch_rate(
+        egress,
         &url,
         Duration::from_millis(settings.price_timeout_ms.max(1)),
     )
@@ -130,13 +136,11 @@ pub async fn rate(settings: &BillingSettings, currency: Currency) -> ApiResult<i
     })
 }
 
-fn http_client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
-}
-
-async fn fetch_rate(url: &str, timeout: Duration) -> anyhow::Result<i64> {
-    let res = http_client().get(url).timeout(timeout).send().await?;
+async fn fetch_rate(egress: &Egress, url: &str, timeout: Duration) -> anyhow::Result<i64> {
+    // Checked again here: the URL was checked at start, and a literal
+    // address must meet the allow list, which the connection check cannot see.
+    egress.policy().check_url(url).map_err(anyhow::Error::msg)?;
+    let res = egress.client()?.get(url).timeout(timeout).send().await?;
     if !res.status().is_success() {
         anyhow::bail!("price feed answered {}", res.status());
     }
