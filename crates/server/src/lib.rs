@@ -191,7 +191,9 @@ fn app(
         .split_for_parts();
     let mut app = app
         .route("/metrics", web::get().to(routes::system::metrics))
-        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", api));
+        .service(
+            SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", openapi::complete(api)),
+        );
     if static_dir.is_dir() {
         app = app.service(
             Files::new("/", &static_dir)

@@ -128,8 +128,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn error_reply(err: ApiError, headers: Vec<(HeaderName, HeaderValue)>) -> Reply {
+fn error_reply(err: ApiError, mut headers: Vec<(HeaderName, HeaderValue)>) -> Reply {
     let body = serde_json::to_vec(&err.body()).unwrap_or_default();
+    // The body is the API's JSON error, whatever headers came with it.
+    headers.retain(|(name, _)| name != actix_web::http::header::CONTENT_TYPE);
+    headers.push((
+        actix_web::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
     Reply {
         status: StatusCode::from_u16(err.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

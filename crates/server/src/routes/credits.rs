@@ -344,6 +344,7 @@ pub(crate) async fn check_grant<'a>(
 
 /// Grants credits to any namespace (operators only).
 #[utoipa::path(
+    operation_id = "grant_credits",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),
