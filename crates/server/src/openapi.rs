@@ -215,14 +215,16 @@ impl Shared {
                 "Missing, malformed, expired or revoked credentials (`unauthorized`, \
                  `token_expired`, `invalid_api_key`, …); see `WWW-Authenticate`"
             }
-            Shared::NotFound => {
-                "`not_found`: no such resource, or one the caller may not see"
+            Shared::NotFound => "`not_found`: no such resource, or one the caller may not see",
+            Shared::PayloadTooLarge => {
+                "`payload_too_large`: the body is larger than the server accepts"
             }
-            Shared::PayloadTooLarge => "`payload_too_large`: the body is larger than the server accepts",
             Shared::Internal => {
                 "`internal`: an unexpected failure inside the server; quote the request id"
             }
-            Shared::Unavailable => "`unavailable`: the database is busy or unreachable; retry later",
+            Shared::Unavailable => {
+                "`unavailable`: the database is busy or unreachable; retry later"
+            }
         }
     }
 
@@ -278,7 +280,10 @@ fn add_shared_responses(op: &mut Operation) {
             .responses
             .entry(shared.status().to_owned())
             .or_insert_with(|| {
-                RefOr::Ref(Ref::new(format!("#/components/responses/{}", shared.name())))
+                RefOr::Ref(Ref::new(format!(
+                    "#/components/responses/{}",
+                    shared.name()
+                )))
             });
     }
 }

@@ -6,6 +6,9 @@ as a JSON object. Each such parameter takes the provisioned value three times in
 four, so the deep paths behind a namespace are reached, and the generated value
 otherwise, so unknown ids (404) and malformed ones (400) are still tried.
 
+Bodies: the OpenAI-compatible operations name the sandbox's model, and the
+Playground the provisioned key, three times in four, for the same reason.
+
 Catalog bodies: an upstream `url` that could parse as a URL is pointed at a
 closed loopback port, so the server under test never connects anywhere but
 this machine, whatever the generated catalog entry says.
@@ -63,3 +66,26 @@ def map_body(context, body):
     if operation is not None and "/admin/catalog" in operation.path:
         return _loopback_urls(body)
     return body
+
+
+# The OpenAI-compatible operations route by the body's `model`: name the
+# sandbox's model three times in four, so calls reach the sandbox and the
+# ledger instead of stopping at 404 for an unknown model.
+GATEWAY_MODEL_OPERATIONS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+
+
+# The Playground calls the gateway with one of the namespace's keys: name the
+# provisioned key three times in four.
+PLAYGROUND = "/api/v1/namespaces/{namespace_id}/playground"
+
+
+@schemathesis.hook
+def flatmap_body(context, body):
+    operation = context.operation
+    if operation is None or not isinstance(body, dict):
+        return st.just(body)
+    if operation.path in GATEWAY_MODEL_OPERATIONS and "model" in PATH_VALUES:
+        return st.sampled_from([{**body, "model": PATH_VALUES["model"]}] * 3 + [body])
+    if operation.path == PLAYGROUND and "key_id" in PATH_VALUES:
+        return st.sampled_from([{**body, "key_id": PATH_VALUES["key_id"]}] * 3 + [body])
+    return st.just(body)

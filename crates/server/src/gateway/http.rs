@@ -16,6 +16,58 @@ use super::{Endpoint, Inbound, Reply, ReplyBody};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+// The request bodies below are documentation: the gateway forwards the body as
+// it came and reads only these fields from it (the model to route by, `stream`,
+// and what bounds the cost); any other OpenAI field passes through unchanged.
+
+/// One message of a chat.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    role: String,
+    /// The text (OpenAI also accepts a list of content parts).
+    content: String,
+}
+
+/// An OpenAI chat completion request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatCompletionRequest {
+    /// A model from `GET /v1/models`; it picks the catalog API.
+    model: String,
+    messages: Vec<ChatMessage>,
+    /// Answer with server-sent events (`text/event-stream`).
+    stream: Option<bool>,
+    /// Bounds the answer, and so the credits held for the call.
+    max_tokens: Option<u32>,
+    /// Answers to generate; each is paid for.
+    n: Option<u32>,
+}
+
+/// An OpenAI (legacy) completion request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CompletionRequest {
+    /// A model from `GET /v1/models`; it picks the catalog API.
+    model: String,
+    /// A prompt (OpenAI also accepts a list of prompts, each paid for).
+    prompt: String,
+    stream: Option<bool>,
+    max_tokens: Option<u32>,
+    n: Option<u32>,
+}
+
+/// An OpenAI embeddings request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EmbeddingsRequest {
+    /// A model from `GET /v1/models`; it picks the catalog API.
+    model: String,
+    /// The text to embed (OpenAI also accepts a list of texts).
+    input: String,
+}
+
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     req.headers()
         .get(AUTHORIZATION)
@@ -111,7 +163,7 @@ async fn call(
     post,
     path = "/v1/chat/completions",
     tag = "gateway",
-    request_body(content = Object, description = "An OpenAI chat completion request"),
+    request_body(content = ChatCompletionRequest, description = "An OpenAI chat completion request; fields not listed pass through"),
     responses(
         (status = 200, description = "The model's answer: JSON, or server-sent events when the request has `\"stream\": true`",
             content((Object = "application/json"), (String = "text/event-stream"))),
@@ -144,7 +196,7 @@ pub async fn chat_completions(
     post,
     path = "/v1/completions",
     tag = "gateway",
-    request_body(content = Object, description = "An OpenAI completion request"),
+    request_body(content = CompletionRequest, description = "An OpenAI completion request; fields not listed pass through"),
     responses(
         (status = 200, description = "The model's answer: JSON, or server-sent events when the request has `\"stream\": true`",
             content((Object = "application/json"), (String = "text/event-stream"))),
@@ -177,7 +229,7 @@ pub async fn completions(
     post,
     path = "/v1/embeddings",
     tag = "gateway",
-    request_body(content = Object, description = "An OpenAI embeddings request"),
+    request_body(content = EmbeddingsRequest, description = "An OpenAI embeddings request; fields not listed pass through"),
     responses(
         (status = 200, description = "The embeddings", body = Object),
         (status = 400, description = "`invalid_json`: the body is not a JSON object; `invalid_request`: no `model`", body = ErrorBody),

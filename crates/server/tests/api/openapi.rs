@@ -103,7 +103,10 @@ mod served {
     ) {
         let doc = served(backend).await;
         let snapshot = serde_json::to_value(tally_server::openapi::document()).expect("render");
-        assert!(doc == snapshot, "/api/openapi.json differs from openapi::document()");
+        assert!(
+            doc == snapshot,
+            "/api/openapi.json differs from openapi::document()"
+        );
         let mut all = Vec::new();
         refs(&doc, &mut all);
         assert!(all.len() > 100, "{} references", all.len());
@@ -115,7 +118,10 @@ mod served {
         let mut ids = HashSet::new();
         for (method, path, op) in operations(&doc) {
             let id = op["operationId"].as_str().expect("operationId");
-            assert!(ids.insert(id.to_owned()), "{method} {path}: operationId {id} is not unique");
+            assert!(
+                ids.insert(id.to_owned()),
+                "{method} {path}: operationId {id} is not unique"
+            );
         }
     }
 
@@ -130,11 +136,21 @@ mod served {
                 }
                 // `4XX`/`5XX`: an upstream's own answer, passed through by the gateway.
                 if status.ends_with("XX") {
-                    assert!(path.starts_with("/v1/"), "{method} {path}: {status} outside the gateway");
+                    assert!(
+                        path.starts_with("/v1/"),
+                        "{method} {path}: {status} outside the gateway"
+                    );
                     continue;
                 }
-                let types: Vec<&String> = content.as_object().map(|c| c.keys().collect()).unwrap_or_default();
-                assert_eq!(types, ["application/json"], "{method} {path} {status}: content types");
+                let types: Vec<&String> = content
+                    .as_object()
+                    .map(|c| c.keys().collect())
+                    .unwrap_or_default();
+                assert_eq!(
+                    types,
+                    ["application/json"],
+                    "{method} {path} {status}: content types"
+                );
                 assert_eq!(
                     content["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
                     "{method} {path} {status}: schema"
@@ -157,7 +173,10 @@ mod served {
                 op["summary"].is_string() || op["description"].is_string(),
                 "{where_}: doc"
             );
-            assert!(responses.keys().any(|s| s.starts_with('2')), "{where_}: a success");
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{where_}: a success"
+            );
             if secured {
                 assert!(has("401"), "{where_}: 401 for its credentials");
             }
@@ -184,9 +203,7 @@ mod served {
             .unwrap_or_default()
     }
 
-    async fn downloads_and_streams_are_documented_with_their_real_content_types(
-        backend: Backend,
-    ) {
+    async fn downloads_and_streams_are_documented_with_their_real_content_types(backend: Backend) {
         let doc = served(backend).await;
         let ns = "/api/v1/namespaces/{namespace_id}";
         assert_eq!(
