@@ -527,12 +527,20 @@ impl Drop for FreshDatabase {
     }
 }
 
+/// Runs one statement with psql. The URL may hold a password, so only the statement is shown.
 fn psql(cx: &Ctx, url: &str, sql: &str) -> Result<()> {
-    let mut cmd = cx.cmd("psql");
-    cmd.arg(url)
+    note(format!("$ psql $TALLY_TEST_DATABASE_URL -c '{sql}'"));
+    let status = cx
+        .cmd("psql")
+        .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .stdin(Stdio::null());
-    exec(&mut cmd)
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot start psql")?;
+    if !status.success() {
+        bail!("psql failed on `{sql}` ({})", describe(status));
+    }
+    Ok(())
 }
 
 /// `postgres://user@host:port/db?opts` with the database replaced by `name`.
