@@ -13,6 +13,7 @@ pub struct SignupRequest {
     /// Login email; compared case-insensitively.
     pub email: String,
     /// At least 8 characters, at most 256.
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 256))]
     pub password: String,
     /// Shown to other members; defaults to the part of the email before `@`.
     #[serde(default)]

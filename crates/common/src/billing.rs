@@ -81,6 +81,10 @@ pub struct CreateIntentRequest {
     pub currency: Currency,
     /// Millionths of one unit of the currency (12.5 USDC is 12,500,000);
     /// 1 to 1,000,000,000,000,000.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)
+    )]
     pub amount_units: i64,
 }
 
@@ -234,6 +238,10 @@ pub struct StatementList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetAlertRequest {
     /// 1 to 1,000,000,000,000,000 micro-credits.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)
+    )]
     pub threshold_micros: i64,
 }
 
@@ -267,8 +275,17 @@ pub struct LowBalanceAlertList {
 pub struct SetAutoTopupRequest {
     /// Below this balance (micro-credits; 1 to 1,000,000,000,000,000) a
     /// payment intent is created.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)
+    )]
     pub threshold_micros: i64,
-    /// The intent's amount, in millionths of one unit of `currency`.
+    /// The intent's amount, in millionths of one unit of `currency`; 1 to
+    /// 1,000,000,000,000,000.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)
+    )]
     pub amount_units: i64,
     pub currency: Currency,
 }

@@ -67,6 +67,10 @@ pub struct LedgerPage {
 pub struct GrantRequest {
     pub environment: Environment,
     /// 1 to 1,000,000,000,000,000 micro-credits (one billion credits).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)
+    )]
     pub amount_micros: i64,
     #[serde(default)]
     pub memo: Option<String>,
@@ -135,6 +139,10 @@ impl BonusReason {
 pub struct BonusRequest {
     pub environment: Environment,
     /// 1 to 1,000,000,000,000,000 micro-credits.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)
+    )]
     pub amount_micros: i64,
     pub reason: BonusReason,
     /// RFC 3339, in the future and at most 366 days away; absent: never expires.

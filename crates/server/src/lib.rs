@@ -266,7 +266,7 @@ fn app(
         .configure(routes::configure)
         .split_for_parts();
     app.route("/metrics", web::get().to(routes::system::metrics))
-        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", api))
+        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", openapi::complete(api)))
         .default_service(fallback_service(static_dir))
         .wrap(from_fn(headers::security))
         .wrap(from_fn(telemetry::request_context))

@@ -315,12 +315,12 @@ default_max_output_tokens = 64
 }
 
 /// A directory under the system temp dir, removed on drop.
-struct TempDir {
-    path: PathBuf,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
 }
 
 impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
+    pub(crate) fn new(prefix: &str) -> Result<Self> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -337,20 +337,30 @@ impl Drop for TempDir {
 }
 
 /// `tally serve` as a child process, killed on drop so an error anywhere leaves nothing behind.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log: PathBuf,
 }
 
 impl Server {
     fn start(cx: &Ctx, tally: &Path, dir: &Path, config: &Path, pin: &Pinning) -> Result<Self> {
+        Self::spawn(pin.command(cx, 0, tally), dir, config, None)
+    }
+
+    /// Runs `cmd` (the `tally` binary, perhaps behind a wrapper) as `tally --config CONFIG
+    /// serve` on a free port with its data in `dir`: on SQLite there, or on `database_url`.
+    pub(crate) fn spawn(
+        mut cmd: Command,
+        dir: &Path,
+        config: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = dir.join("tally.log");
         let log_file =
             fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = pin.command(cx, 0, tally);
         cmd.arg("--config")
             .arg(config)
             .arg("serve")
@@ -358,16 +368,20 @@ impl Server {
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(dir.join("data"))
-            // The embedded SQLite file in the data directory, whatever the caller's shell says.
+            // The embedded SQLite file in the data directory, whatever the caller's shell
+            // says, unless `database_url` names a database.
             .env_remove("TALLY_DATABASE_URL")
             .env_remove("TALLY_CONFIG")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
+        if let Some(url) = database_url {
+            cmd.env("TALLY_DATABASE_URL", url);
+        }
         note(format!("$ {}", show(&cmd)));
         let child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {}", tally.display()))?;
+            .with_context(|| format!("cannot start `{}`", show(&cmd)))?;
         let mut server = Self {
             child: Some(child),
             addr,
@@ -399,14 +413,14 @@ impl Server {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn print_log_tail(&self) {
+    pub(crate) fn print_log_tail(&self) {
         let Ok(text) = fs::read_to_string(&self.log) else {
             return;
         };
@@ -431,7 +445,7 @@ impl Drop for Server {
 // REST setup and usage
 
 /// A JSON call to the REST API that must succeed.
-fn call(
+pub(crate) fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -588,7 +602,7 @@ impl Setup {
     }
 }
 
-fn text(value: &Value, what: &str) -> Result<String> {
+pub(crate) fn text(value: &Value, what: &str) -> Result<String> {
     value
         .as_str()
         .map(str::to_string)

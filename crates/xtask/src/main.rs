@@ -24,6 +24,7 @@ mod bench;
 mod compress;
 mod http1;
 mod mock;
+mod schemathesis;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Trunk 0.22 needs a newer rustc than the toolchain the project builds with.
@@ -39,9 +40,14 @@ Commands:
   run [ARGS...]        build the dashboard and run Tally (SQLite in ./data) on
                        http://127.0.0.1:8080; ARGS go to `tally serve`
                        (e.g. --bind 0.0.0.0:8080, --database-url postgres://…)
-  test [--no-e2e] [--no-lint]
+  test [--no-e2e] [--no-lint] [--no-schemathesis]
                        everything CI runs: rustfmt, clippy (host and wasm32),
-                       cargo test, the release SPA build and the browser suite
+                       cargo test, schemathesis over the whole API, the
+                       release SPA build and the browser suite
+  schemathesis         only the schemathesis step of `test`: a debug build of
+                       tally, then every API operation checked against the
+                       OpenAPI document (SQLite; PostgreSQL too when
+                       TALLY_TEST_DATABASE_URL is set)
   setup [--no-e2e]     install the tools the other commands need (idempotent)
   build-spa            build the dashboard into frontend/dist (trunk build --release)
                        and write brotli and gzip siblings of its files
@@ -99,6 +105,22 @@ fn try_main() -> Result<ExitCode> {
             Flags::parse(&rest, &[])?;
             step("build dashboard (trunk build --release)");
             build_spa(&cx).map(|()| ExitCode::SUCCESS)
+        }
+        "schemathesis" => {
+            Flags::parse(&rest, &[])?;
+            step("build tally (debug)");
+            let tally = build_tally(&cx, false)?;
+            for run in schemathesis::run_all(&cx, &tally)? {
+                note(format!(
+                    "schemathesis ({}): {} operations, {} test cases, {}",
+                    run.label,
+                    run.coverage.operations,
+                    run.coverage.test_cases,
+                    minutes(run.took)
+                ));
+            }
+            step("schemathesis passed");
+            Ok(ExitCode::SUCCESS)
         }
         "openapi" => {
             Flags::parse(&rest, &[])?;
@@ -794,9 +816,10 @@ fn ci() -> bool {
 }
 
 fn test(cx: &Ctx, args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["--no-e2e", "--no-lint"])?;
+    let flags = Flags::parse(args, &["--no-e2e", "--no-lint", "--no-schemathesis"])?;
     let e2e = !flags.has("--no-e2e");
     let lint = !flags.has("--no-lint");
+    let api_check = !flags.has("--no-schemathesis");
     let postgres = env::var("TALLY_TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty());
     if ci() && !postgres {
         bail!(
@@ -848,13 +871,24 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
             &mut counts,
         )
     })?;
-    if e2e {
-        report.run("build dashboard (trunk build --release)", || build_spa(cx))?;
-        let mut tally = PathBuf::new();
+    // `cargo test` has just built the debug `tally` for the HTTP tests, so this is only a
+    // check that returns its path; schemathesis and the browser suite both use it.
+    let mut tally = PathBuf::new();
+    if api_check || e2e {
         report.run("build tally (debug)", || {
             tally = build_tally(cx, false)?;
             Ok(())
         })?;
+    }
+    let mut api_runs = Vec::new();
+    if api_check {
+        report.run(&format!("schemathesis over the API ({databases})"), || {
+            api_runs = schemathesis::run_all(cx, &tally)?;
+            Ok(())
+        })?;
+    }
+    if e2e {
+        report.run("build dashboard (trunk build --release)", || build_spa(cx))?;
         report.run("browser suite (playwright)", || {
             let port = free_port()?;
             note(format!("TALLY_E2E_PORT={port}"));
@@ -874,9 +908,21 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
     for (name, took) in &report.done {
         println!("    ok  {name} ({})", minutes(*took));
     }
+    for run in &api_runs {
+        println!(
+            "        schemathesis ({}): {} operations, {} test cases, {}",
+            run.label,
+            run.coverage.operations,
+            run.coverage.test_cases,
+            minutes(run.took)
+        );
+    }
     let mut skipped = Vec::new();
     if !lint {
         skipped.push("lint");
+    }
+    if !api_check {
+        skipped.push("schemathesis");
     }
     if !e2e {
         skipped.push("browser suite");

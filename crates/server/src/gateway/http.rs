@@ -17,6 +17,58 @@ use super::{Endpoint, Inbound, Reply, ReplyBody};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+// The request bodies below are documentation: the gateway forwards the body as
+// it came and reads only these fields from it (the model to route by, `stream`,
+// and what bounds the cost); any other OpenAI field passes through unchanged.
+
+/// One message of a chat.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    role: String,
+    /// The text (OpenAI also accepts a list of content parts).
+    content: String,
+}
+
+/// An OpenAI chat completion request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatCompletionRequest {
+    /// A model from `GET /v1/models`; it picks the catalog API.
+    model: String,
+    messages: Vec<ChatMessage>,
+    /// Answer with server-sent events (`text/event-stream`).
+    stream: Option<bool>,
+    /// Bounds the answer, and so the credits held for the call.
+    max_tokens: Option<u32>,
+    /// Answers to generate; each is paid for.
+    n: Option<u32>,
+}
+
+/// An OpenAI (legacy) completion request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CompletionRequest {
+    /// A model from `GET /v1/models`; it picks the catalog API.
+    model: String,
+    /// A prompt (OpenAI also accepts a list of prompts, each paid for).
+    prompt: String,
+    stream: Option<bool>,
+    max_tokens: Option<u32>,
+    n: Option<u32>,
+}
+
+/// An OpenAI embeddings request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EmbeddingsRequest {
+    /// A model from `GET /v1/models`; it picks the catalog API.
+    model: String,
+    /// The text to embed (OpenAI also accepts a list of texts).
+    input: String,
+}
+
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     req.headers()
         .get(AUTHORIZATION)
@@ -129,18 +181,22 @@ async fn call(
     post,
     path = "/v1/chat/completions",
     tag = "gateway",
-    request_body(content = Object, description = "An OpenAI chat completion request"),
+    request_body(content = ChatCompletionRequest, description = "An OpenAI chat completion request; fields not listed pass through"),
     responses(
-        (status = 200, description = "The model's answer (JSON, or server-sent events when streaming)"),
-        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 200, description = "The model's answer: JSON, or server-sent events when the request has `\"stream\": true`",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "`invalid_json`: the body is not a JSON object; `invalid_request`: no `model`", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
-        (status = 403, description = "The key may not call this model", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
-        (status = 502, description = "The upstream failed", body = ErrorBody),
-        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
-        (status = 504, description = "The upstream timed out", body = ErrorBody),
+        (status = 402, description = "`insufficient_credits`: the balance cannot cover the call's maximum cost", body = ErrorBody),
+        (status = 403, description = "`api_not_allowed`: the key may not call this model", body = ErrorBody),
+        (status = 404, description = "The model is not in the catalog", body = ErrorBody),
+        (status = 413, description = "The body is larger than `gateway.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` or `quota_exceeded`, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: the upstream failed", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, its seller's serving is paused, or the call could not be recorded; or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
+        (status = 504, description = "`upstream_timeout`: the upstream did not answer in time", body = ErrorBody),
+        (status = "4XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
+        (status = "5XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
     ),
     security(("api_key" = []))
 )]
@@ -158,13 +214,22 @@ pub async fn chat_completions(
     post,
     path = "/v1/completions",
     tag = "gateway",
-    request_body(content = Object, description = "An OpenAI completion request"),
+    request_body(content = CompletionRequest, description = "An OpenAI completion request; fields not listed pass through"),
     responses(
-        (status = 200, description = "The model's answer (JSON, or server-sent events when streaming)"),
+        (status = 200, description = "The model's answer: JSON, or server-sent events when the request has `\"stream\": true`",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "`invalid_json`: the body is not a JSON object; `invalid_request`: no `model`", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
-        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
+        (status = 402, description = "`insufficient_credits`: the balance cannot cover the call's maximum cost", body = ErrorBody),
+        (status = 403, description = "`api_not_allowed`: the key may not call this model", body = ErrorBody),
+        (status = 404, description = "The model is not in the catalog", body = ErrorBody),
+        (status = 413, description = "The body is larger than `gateway.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` or `quota_exceeded`, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: the upstream failed", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, its seller's serving is paused, or the call could not be recorded; or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
+        (status = 504, description = "`upstream_timeout`: the upstream did not answer in time", body = ErrorBody),
+        (status = "4XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
+        (status = "5XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
     ),
     security(("api_key" = []))
 )]
@@ -182,13 +247,21 @@ pub async fn completions(
     post,
     path = "/v1/embeddings",
     tag = "gateway",
-    request_body(content = Object, description = "An OpenAI embeddings request"),
+    request_body(content = EmbeddingsRequest, description = "An OpenAI embeddings request; fields not listed pass through"),
     responses(
-        (status = 200, description = "The embeddings"),
+        (status = 200, description = "The embeddings", body = Object),
+        (status = 400, description = "`invalid_json`: the body is not a JSON object; `invalid_request`: no `model`", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
-        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
+        (status = 402, description = "`insufficient_credits`: the balance cannot cover the call's maximum cost", body = ErrorBody),
+        (status = 403, description = "`api_not_allowed`: the key may not call this model", body = ErrorBody),
+        (status = 404, description = "The model is not in the catalog", body = ErrorBody),
+        (status = 413, description = "The body is larger than `gateway.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` or `quota_exceeded`, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: the upstream failed", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, its seller's serving is paused, or the call could not be recorded; or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
+        (status = 504, description = "`upstream_timeout`: the upstream did not answer in time", body = ErrorBody),
+        (status = "4XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
+        (status = "5XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
     ),
     security(("api_key" = []))
 )]
@@ -206,22 +279,27 @@ pub async fn embeddings(
 #[utoipa::path(
     method(get, post, put, patch, delete),
     path = "/v1/apis/{slug}/{path}",
+    operation_id = "call_api",
     tag = "gateway",
     params(
         ("slug" = String, Path, description = "The catalog API"),
         ("path" = String, Path, description = "Path forwarded to the upstream"),
     ),
-    request_body(content = Object, description = "Forwarded as is"),
+    request_body(content = Object, description = "Forwarded as is", content_type = "*/*"),
     responses(
-        (status = 200, description = "The upstream's answer, passed through"),
+        (status = "2XX", description = "The upstream's answer, passed through (test keys without a test upstream get the sandbox's JSON echo)", content_type = "*/*"),
+        (status = 400, description = "The request body could not be read", body = ErrorBody),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
-        (status = 402, description = "The balance cannot cover the call", body = ErrorBody),
-        (status = 403, description = "The key may not call this API", body = ErrorBody),
-        (status = 404, description = "Unknown API", body = ErrorBody),
-        (status = 429, description = "Rate limit or quota reached, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
-        (status = 502, description = "The upstream failed", body = ErrorBody),
-        (status = 503, description = "The API is disabled or has no upstream, or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
-        (status = 504, description = "The upstream timed out", body = ErrorBody),
+        (status = 402, description = "`insufficient_credits`: the balance cannot cover the call's maximum cost", body = ErrorBody),
+        (status = 403, description = "`api_not_allowed`: the key may not call this API", body = ErrorBody),
+        (status = 404, description = "No catalog API has this slug", body = ErrorBody),
+        (status = 413, description = "The body is larger than `gateway.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` or `quota_exceeded`, or too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+        (status = 502, description = "`upstream_error`: the upstream failed", body = ErrorBody),
+        (status = 503, description = "The API is disabled or has no upstream, its seller's serving is paused, or the call could not be recorded; or key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
+        (status = 504, description = "`upstream_timeout`: the upstream did not answer in time", body = ErrorBody),
+        (status = "4XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
+        (status = "5XX", description = "An upstream's error answer, passed through as it came", content_type = "*/*"),
     ),
     security(("api_key" = []))
 )]
@@ -258,7 +336,7 @@ pub async fn generic(
     path = "/v1/models",
     tag = "gateway",
     responses(
-        (status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", \"owned_by\"}]}`"),
+        (status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\", \"object\": \"model\", \"owned_by\"}]}`", body = Object),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 429, description = "Too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),
         (status = 503, description = "Key lookups are saturated (`unavailable`, Retry-After: 1)", body = ErrorBody),
@@ -280,7 +358,7 @@ pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     tag = "gateway",
     params(("model" = String, Path, description = "Model id")),
     responses(
-        (status = 200, description = "`{\"id\", \"object\": \"model\", \"owned_by\"}`"),
+        (status = 200, description = "`{\"id\", \"object\": \"model\", \"owned_by\"}`", body = Object),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 429, description = "Too many unknown keys from this address (`rate_limited`); see Retry-After", body = ErrorBody),

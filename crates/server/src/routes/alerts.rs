@@ -30,6 +30,7 @@ fn to_alert(a: AlertRow) -> LowBalanceAlert {
 
 /// The namespace's low-balance alerts, one per environment that has one.
 #[utoipa::path(
+    operation_id = "list_alerts",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),
@@ -56,6 +57,7 @@ pub async fn list(
 
 /// Sets the low-balance threshold of one environment (replacing any other).
 #[utoipa::path(
+    operation_id = "set_alert",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), ("environment" = Environment, Path)),
@@ -101,6 +103,7 @@ pub async fn set(
 
 /// Removes the low-balance threshold of one environment.
 #[utoipa::path(
+    operation_id = "remove_alert",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), ("environment" = Environment, Path)),

@@ -33,6 +33,7 @@ fn to_rule(r: RuleRow) -> AutoTopup {
 
 /// The namespace's auto top-up rules, one per environment that has one.
 #[utoipa::path(
+    operation_id = "list_auto_topups",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),
@@ -60,6 +61,7 @@ pub async fn list(
 
 /// Sets the auto top-up rule of one environment (replacing any other).
 #[utoipa::path(
+    operation_id = "set_auto_topup",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), ("environment" = Environment, Path)),
@@ -126,6 +128,7 @@ pub async fn set(
 
 /// Removes the auto top-up rule of one environment.
 #[utoipa::path(
+    operation_id = "remove_auto_topup",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), ("environment" = Environment, Path)),

@@ -26,6 +26,7 @@ pub struct BannerQuery {
 
 /// The banners to show above the dashboard, most urgent first.
 #[utoipa::path(
+    operation_id = "list_banners",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), BannerQuery),

@@ -39,6 +39,7 @@ fn to_bonus(g: BonusRow) -> Bonus {
 
 /// Grants bonus credits to a namespace, with an optional expiry (operators only).
 #[utoipa::path(
+    operation_id = "grant_bonus",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),
@@ -120,6 +121,7 @@ pub struct BonusQuery {
 /// The namespace's bonus grants in one environment, with what is left of
 /// each and the next expiry.
 #[utoipa::path(
+    operation_id = "list_bonuses",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), BonusQuery),

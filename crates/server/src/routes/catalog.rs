@@ -122,6 +122,7 @@ fn check_models(state: &AppState, config: &CatalogApiConfig) -> ApiResult<()> {
 
 /// The APIs callers can use, with their prices (no upstream details).
 #[utoipa::path(
+    operation_id = "list_catalog",
     tag = "catalog",
     security(("bearer" = [])),
     responses((status = 200, body = CatalogList), (status = 401, body = ErrorBody))
@@ -155,6 +156,7 @@ pub async fn admin_list(
 
 /// Adds an API to the catalog.
 #[utoipa::path(
+    operation_id = "create_catalog_api",
     tag = "catalog",
     security(("bearer" = [])),
     request_body = CatalogApiConfig,
@@ -216,6 +218,7 @@ pub async fn admin_get(
 
 /// Changes an API; absent fields stay as they are.
 #[utoipa::path(
+    operation_id = "update_catalog_api",
     tag = "catalog",
     security(("bearer" = [])),
     params(("slug" = String, Path)),
@@ -300,6 +303,7 @@ async fn check_owner(conn: &mut tally_store::AnyConnection, c: &CatalogApiConfig
 
 /// Removes an API; calls to it get 404 from then on. Its usage stays.
 #[utoipa::path(
+    operation_id = "delete_catalog_api",
     tag = "catalog",
     security(("bearer" = [])),
     params(("slug" = String, Path)),

@@ -227,6 +227,7 @@ fn human(secs: i64) -> String {
 
 /// Grants credits to any namespace (operators only).
 #[utoipa::path(
+    operation_id = "grant_credits",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),

@@ -27,6 +27,7 @@ pub struct EventQuery {
 /// Events visible to the namespace, newest first: its own and server-wide
 /// events such as `startup`.
 #[utoipa::path(
+    operation_id = "list_events",
     tag = "events",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path, description = "Namespace id"), EventQuery),

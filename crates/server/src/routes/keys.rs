@@ -201,6 +201,7 @@ fn not_revoked(row: &KeyRow) -> ApiResult<()> {
 
 /// Creates a key. The response holds the secret, which is never shown again.
 #[utoipa::path(
+    operation_id = "create_key",
     tag = "keys",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path, description = "Namespace id")),
@@ -281,6 +282,7 @@ pub struct KeyQuery {
 
 /// Keys of the namespace, newest first, filtered by environment, status and label (K7).
 #[utoipa::path(
+    operation_id = "list_keys",
     tag = "keys",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path, description = "Namespace id"), KeyQuery),
@@ -317,6 +319,7 @@ pub async fn list(
 
 /// One key.
 #[utoipa::path(
+    operation_id = "get_key",
     tag = "keys",
     security(("bearer" = [])),
     params(
@@ -344,6 +347,7 @@ pub async fn get(
 /// Changes a key's name, labels, allowed APIs, limits or expiry. Revoked keys
 /// cannot change (409).
 #[utoipa::path(
+    operation_id = "update_key",
     tag = "keys",
     security(("bearer" = [])),
     params(

@@ -87,6 +87,7 @@ fn last_owner() -> ApiError {
 
 /// Members and pending invitations.
 #[utoipa::path(
+    operation_id = "list_members",
     tag = "members",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path, description = "Namespace id")),
@@ -191,6 +192,7 @@ pub async fn add(
 /// Changes a member's role (owner, admin; only an owner grants or removes the
 /// owner role). 409 `last_owner` if it would leave no owner.
 #[utoipa::path(
+    operation_id = "update_member",
     tag = "members",
     security(("bearer" = [])),
     params(
@@ -246,6 +248,7 @@ pub async fn update(
 /// Removes a member (owner, admin; only an owner removes an owner). Any member
 /// may remove themself (leave). 409 `last_owner` if it would leave no owner.
 #[utoipa::path(
+    operation_id = "remove_member",
     tag = "members",
     security(("bearer" = [])),
     params(

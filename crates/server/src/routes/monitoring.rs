@@ -591,7 +591,8 @@ impl Export {
     params(("namespace_id" = String, Path), ExportParams, MonitoringQuery),
     responses(
         (status = 401, body = ErrorBody),
-        (status = 200, description = "CSV (text/csv) or NDJSON (application/x-ndjson), chunked", body = String),
+        (status = 200, description = "The events as CSV (`format=csv`, the default) or NDJSON (`format=ndjson`), streamed in chunks",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
     )

@@ -14,6 +14,7 @@ use crate::state::AppState;
 
 /// Namespaces the caller belongs to, oldest first, with the caller's role.
 #[utoipa::path(
+    operation_id = "list_namespaces",
     tag = "namespaces",
     security(("bearer" = [])),
     responses((status = 200, body = NamespaceList), (status = 401, body = ErrorBody))
@@ -34,6 +35,7 @@ pub async fn list(
 
 /// Creates a namespace; the caller becomes its owner.
 #[utoipa::path(
+    operation_id = "create_namespace",
     tag = "namespaces",
     security(("bearer" = [])),
     request_body = CreateNamespaceRequest,
@@ -84,6 +86,7 @@ pub async fn create(
 
 /// One namespace, with the caller's role. 404 when the caller is not a member.
 #[utoipa::path(
+    operation_id = "get_namespace",
     tag = "namespaces",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path, description = "Namespace id")),
@@ -100,6 +103,7 @@ pub async fn get(member: CurrentMember) -> web::Json<NamespaceWithRole> {
 
 /// Renames a namespace (owner, admin).
 #[utoipa::path(
+    operation_id = "update_namespace",
     tag = "namespaces",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path, description = "Namespace id")),

@@ -24,7 +24,9 @@ use crate::state::AppState;
 /// Months in the invoice history at most (ten years).
 const MAX_MONTHS: usize = 120;
 
+/// The format of a statement or of the invoice history.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[schema(as = StatementFormat)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     #[default]
@@ -192,6 +194,7 @@ fn summary_csv_row(s: &StatementSummary) -> String {
 /// The invoice history: one summary per month, newest first, from the month
 /// the namespace was created to the running month (at most 120).
 #[utoipa::path(
+    operation_id = "list_statements",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), StatementQuery),
@@ -246,6 +249,7 @@ pub async fn list(
 /// grants, usage by API and by key, closing balance. The running month's
 /// figures are up to the moment of the request.
 #[utoipa::path(
+    operation_id = "get_statement",
     tag = "credits",
     security(("bearer" = [])),
     params(

@@ -79,6 +79,7 @@ pub async fn packages(
 
 /// The namespace's subscriptions, newest first.
 #[utoipa::path(
+    operation_id = "list_subscriptions",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),
@@ -106,6 +107,7 @@ pub async fn list(
 /// Subscribes to a package: the subscription is `pending` until the payment
 /// intent of its first period (`pending_intent_id`) is paid.
 #[utoipa::path(
+    operation_id = "create_subscription",
     tag = "credits",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path)),

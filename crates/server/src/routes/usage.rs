@@ -53,6 +53,7 @@ pub struct UsageQuery {
 
 /// Recorded gateway calls of the namespace, newest first.
 #[utoipa::path(
+    operation_id = "list_usage",
     tag = "usage",
     security(("bearer" = [])),
     params(("namespace_id" = String, Path), UsageQuery),

@@ -386,6 +386,16 @@ pub fn unique_email(name: &str) -> String {
 /// equal to the `X-Request-Id` header.
 pub async fn assert_error(res: Response, status: StatusCode, code: ErrorCode) -> ErrorBody {
     assert_eq!(res.status(), status, "status");
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    assert!(
+        content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/json")),
+        "an error is JSON with Content-Type: application/json, not {content_type:?}"
+    );
     let header = res
         .headers()
         .get("x-request-id")
