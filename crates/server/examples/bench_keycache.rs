@@ -82,7 +82,10 @@ async fn main() {
 
     let cache = filled().await;
     let (p50, p99, max) = reads(&cache).await;
-    println!("{:<58} {p50:>7.3} {p99:>7.3} {max:>9.1}", "reads, nothing to drop");
+    println!(
+        "{:<58} {p50:>7.3} {p99:>7.3} {max:>9.1}",
+        "reads, nothing to drop"
+    );
 
     // What the change poller does every 500 ms while keys change: one
     // predicate per poll naming the changed keys.
@@ -149,5 +152,8 @@ async fn main() {
         );
     }
     let (p50, p99, max) = reads(&cache).await;
-    println!("{:<58} {p50:>7.3} {p99:>7.3} {max:>9.1}", "index: reads after dropping");
+    println!(
+        "{:<58} {p50:>7.3} {p99:>7.3} {max:>9.1}",
+        "index: reads after dropping"
+    );
 }

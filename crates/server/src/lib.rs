@@ -11,6 +11,7 @@ pub mod egress;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod input;
 pub mod monitoring;
 pub mod openapi;
 pub mod routes;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod telemetry;
 pub mod throttle;
 pub mod upkeep;
+pub mod views;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -266,7 +268,9 @@ fn app(
         .configure(routes::configure)
         .split_for_parts();
     app.route("/metrics", web::get().to(routes::system::metrics))
-        .service(SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", openapi::complete(api)))
+        .service(
+            SwaggerUi::new("/api/docs/{_:.*}").url("/api/openapi.json", openapi::complete(api)),
+        )
         .default_service(fallback_service(static_dir))
         .wrap(from_fn(headers::security))
         .wrap(from_fn(telemetry::request_context))

@@ -7,7 +7,7 @@
 //!   channel, and the `Any` driver converts every argument and row on the way;
 //!   for a batch of small inserts that costs more than SQLite itself. This
 //!   connection runs the statements of [`crate::recording::Plan`], the very
-//!   texts [`crate::usage::record_calls`] runs on PostgreSQL, on the thread
+//!   texts [`crate::recording::record_calls`] runs on PostgreSQL, on the thread
 //!   that owns it through cached prepared statements, in one `BEGIN IMMEDIATE`
 //!   transaction per batch. It links the same SQLite library as sqlx.
 //! - Durability is unchanged: `COMMIT` returns once the batch is in the WAL
@@ -73,7 +73,7 @@ impl SqliteRecorder {
     }
 
     /// Records a batch of (cleaned) calls in a transaction of its own: the
-    /// statements of [`Plan`], as [`crate::usage::record_calls`] runs them on
+    /// statements of [`Plan`], as [`crate::recording::record_calls`] runs them on
     /// PostgreSQL. Nothing is written unless it all commits.
     pub fn record_calls(&mut self, calls: &[CallRecord], now: i64) -> Result<()> {
         // BEGIN and COMMIT are cached statements too, not parsed per batch.

@@ -7,7 +7,7 @@
 //!   that returns the new balance ([`Plan::balance_updates`]), then the ledger
 //!   entries whose balance-after is counted back from those balances
 //!   ([`Plan::ledger`]). [`crate::recorder::SqliteRecorder`] runs the plan on
-//!   its own rusqlite connection and [`crate::usage::record_calls`] through
+//!   its own rusqlite connection and [`record_calls`] through
 //!   sqlx; both bind the same parameters in the same order to the same text,
 //!   so the two backends cannot drift apart (a test compares their rows).
 //! - Placeholders are `$N`, numbered in the order they first appear: sqlx
@@ -23,10 +23,12 @@
 
 use std::collections::HashMap;
 
+use sqlx::{AnyConnection, Row};
 use tally_common::Environment;
 
 use crate::rollups::{self, RollupCell, RollupKey, Table};
 use crate::usage::CallRecord;
+use crate::Result;
 
 /// Usage rows per multi-row INSERT.
 const USAGE_CHUNK: usize = 32;
@@ -370,6 +372,37 @@ impl CallRecord {
             clean_text(t, MAX_TEXT);
         }
     }
+}
+
+/// Records a batch of (cleaned) calls through sqlx: the statements of
+/// [`Plan`], the same the SQLite writer runs. Run it in a
+/// transaction.
+pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord], now: i64) -> Result<()> {
+    let mut plan = Plan::new(calls);
+    for s in plan.writes() {
+        bind(&s).execute(&mut *conn).await?;
+    }
+    let mut balances = Vec::new();
+    for s in plan.balance_updates(now) {
+        balances.push(bind(&s).fetch_one(&mut *conn).await?.try_get(0)?);
+    }
+    for s in plan.ledger(&balances, now) {
+        bind(&s).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn bind<'q>(
+    s: &'q Statement<'q>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(&s.sql);
+    for p in &s.params {
+        q = match p {
+            Param::Int(v) => q.bind(*v),
+            Param::Text(v) => q.bind(*v),
+        };
+    }
+    q
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! Usage events (G4) and the batch write that records gateway calls.
+//! Usage events (G4): the recorded gateway calls and their queries.
 //!
 //! Policy: the gateway's writer task hands every finished call to
-//! [`record_calls`] in batches; one transaction inserts the usage rows, the
+//! [`crate::recording::record_calls`] in batches; one transaction inserts the usage rows, the
 //! ledger entries of the calls that cost something (the caller's debit and,
 //! for a seller's API, the seller's revenue and the platform's fee, C8), and
 //! moves each balance once. A call is acknowledged only after that
@@ -10,7 +10,6 @@
 use sqlx::{AnyConnection, Row};
 use tally_common::Environment;
 
-use crate::recording::{Param, Plan, Statement};
 use crate::{bad_value, Result};
 
 /// One finished gateway call.
@@ -42,37 +41,6 @@ pub struct CallRecord {
 const USAGE_COLUMNS: &str = "id, time, namespace_id, environment, key_id, api, model, endpoint, \
      request_type, status, error, latency_us, upstream_latency_us, tokens_in, tokens_out, \
      cost_micros, client_id";
-
-/// Records a batch of (cleaned) calls through sqlx: the statements of
-/// [`crate::recording::Plan`], the same the SQLite writer runs. Run it in a
-/// transaction.
-pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord], now: i64) -> Result<()> {
-    let mut plan = Plan::new(calls);
-    for s in plan.writes() {
-        bind(&s).execute(&mut *conn).await?;
-    }
-    let mut balances = Vec::new();
-    for s in plan.balance_updates(now) {
-        balances.push(bind(&s).fetch_one(&mut *conn).await?.try_get(0)?);
-    }
-    for s in plan.ledger(&balances, now) {
-        bind(&s).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-fn bind<'q>(
-    s: &'q Statement<'q>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let mut q = sqlx::query(&s.sql);
-    for p in &s.params {
-        q = match p {
-            Param::Int(v) => q.bind(*v),
-            Param::Text(v) => q.bind(*v),
-        };
-    }
-    q
-}
 
 pub(crate) fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
     let env: String = r.try_get("environment")?;

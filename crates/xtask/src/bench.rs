@@ -475,6 +475,40 @@ pub(crate) fn call(
         .with_context(|| format!("{method} {path}: the answer is not JSON"))
 }
 
+/// Makes `email` the operator of a fresh server and returns its access token. A server without
+/// an operator writes a one-time setup token to its data directory; `POST /api/v1/auth/setup`
+/// with it creates the operator account.
+pub(crate) fn create_operator(
+    addr: SocketAddr,
+    data_dir: &Path,
+    email: &str,
+    password: &str,
+) -> Result<String> {
+    let token_file = data_dir.join("setup-token");
+    let setup_token = fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read the setup token {}", token_file.display()))?;
+    let auth = call(
+        addr,
+        "POST",
+        "/api/v1/auth/setup",
+        None,
+        Some(&json!({
+            "token": setup_token.trim(),
+            "email": email,
+            "password": password,
+        })),
+    )?;
+    let token = text(&auth["access_token"], "access_token")?;
+    let me = call(addr, "GET", "/api/v1/me", Some(&token), None)?;
+    if me["is_operator"] != true {
+        bail!(
+            "the setup token should make an operator, but /api/v1/me says is_operator = {}",
+            me["is_operator"]
+        );
+    }
+    Ok(token)
+}
+
 /// The operator account, its namespace and the live key the benchmark calls with.
 struct Setup {
     addr: SocketAddr,
@@ -486,32 +520,9 @@ struct Setup {
 
 impl Setup {
     fn create(addr: SocketAddr, data_dir: &Path) -> Result<Self> {
-        // A fresh server has no operator: it writes a one-time setup token to its
-        // data directory, which makes this account the operator.
-        let token_file = data_dir.join("setup-token");
-        let setup_token = fs::read_to_string(&token_file)
-            .with_context(|| format!("cannot read the setup token {}", token_file.display()))?;
         let email = format!("bench-{}@example.com", std::process::id());
-        let auth = call(
-            addr,
-            "POST",
-            "/api/v1/auth/setup",
-            None,
-            Some(&json!({
-                "token": setup_token.trim(),
-                "email": email,
-                "password": "benchmark password 1",
-                "display_name": "Benchmark",
-            })),
-        )?;
-        let token = text(&auth["access_token"], "access_token")?;
+        let token = create_operator(addr, data_dir, &email, "benchmark password 1")?;
         let me = call(addr, "GET", "/api/v1/me", Some(&token), None)?;
-        if me["is_operator"] != true {
-            bail!(
-                "the setup token should make an operator, but /api/v1/me says is_operator = {}",
-                me["is_operator"]
-            );
-        }
         let namespace = text(&me["namespaces"][0]["id"], "namespaces[0].id")?;
         call(
             addr,

@@ -162,7 +162,7 @@ fn run_on(
         .with_context(|| format!("cannot write {}", config.display()))?;
     let mut server = Server::spawn(cx.cmd(tally), &work.path, &config, database_url)?;
     note(format!("tally on http://{}", server.addr));
-    let result = provision(server.addr).and_then(|fixture| {
+    let result = provision(server.addr, &work.path.join("data")).and_then(|fixture| {
         let mut outcomes = Vec::new();
         for (part, filter) in [
             ("gateway, API key", ["--include-path-regex", "^/v1/"]),
@@ -196,6 +196,13 @@ fn run_on(
 const SERVER_CONFIG: &str = r#"# Written by `cargo xtask test` for the schemathesis step.
 [auth]
 access_token_ttl_secs = 3600
+# Sign-up and log-in are fuzzed: throttles far above the run's rate let every request reach
+# the handlers (the throttles have their own tests).
+ip_requests_per_minute = 1000000
+signups_per_ip_per_hour = 1000000
+signups_per_email_per_hour = 1000000
+login_failures_per_account_ip = 1000000
+login_failures_per_account_per_hour = 1000000
 argon2_memory_kib = 1024
 argon2_iterations = 1
 
@@ -242,7 +249,11 @@ fn sign_up(addr: SocketAddr, email: &str) -> Result<Session> {
         None,
         Some(&json!({ "email": email, "password": PASSWORD })),
     )?;
-    let token = text(&auth["access_token"], "access_token")?;
+    session(addr, text(&auth["access_token"], "access_token")?)
+}
+
+/// The account and first namespace an access token belongs to.
+fn session(addr: SocketAddr, token: String) -> Result<Session> {
     let me = call(addr, "GET", "/api/v1/me", Some(&token), None)?;
     Ok(Session {
         account_id: text(&me["account"]["id"], "account.id")?,
@@ -251,25 +262,16 @@ fn sign_up(addr: SocketAddr, email: &str) -> Result<Session> {
     })
 }
 
-/// The operator whose token the REST operations use. On this server the first account to sign
-/// up is an operator; this is the one place that knows how an operator comes to be.
-fn create_operator(addr: SocketAddr) -> Result<Session> {
-    let operator = sign_up(addr, "st-operator@example.com")?;
-    let me = call(addr, "GET", "/api/v1/me", Some(&operator.token), None)?;
-    if me["is_operator"] != true {
-        bail!(
-            "st-operator@example.com is not an operator (/api/v1/me says is_operator = {}); \
-             adapt create_operator in crates/xtask/src/schemathesis.rs to how this server \
-             makes operators",
-            me["is_operator"]
-        );
-    }
-    Ok(operator)
+/// The operator whose token the REST operations use, made with the setup token the fresh
+/// server wrote to its data directory.
+fn create_operator(addr: SocketAddr, data_dir: &Path) -> Result<Session> {
+    let token = crate::bench::create_operator(addr, data_dir, "st-operator@example.com", PASSWORD)?;
+    session(addr, token)
 }
 
-fn provision(addr: SocketAddr) -> Result<Fixture> {
+fn provision(addr: SocketAddr, data_dir: &Path) -> Result<Fixture> {
     step("provision accounts, keys and ids for schemathesis");
-    let operator = create_operator(addr)?;
+    let operator = create_operator(addr, data_dir)?;
     let op = Some(operator.token.as_str());
     let ns = operator.namespace_id.as_str();
     for environment in ["test", "live"] {

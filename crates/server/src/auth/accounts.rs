@@ -9,7 +9,7 @@ use tally_store::AnyConnection;
 
 use crate::config::GatewaySettings;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::clean_name;
+use crate::input::clean_name;
 
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 256;

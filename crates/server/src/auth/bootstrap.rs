@@ -27,7 +27,7 @@ use tally_store::{AnyConnection, Store};
 use crate::auth::tokens::{random_token, sha256_hex};
 use crate::auth::Passwords;
 use crate::config::Settings;
-use crate::routes::normalize_email;
+use crate::input::normalize_email;
 
 /// The file in the data directory that holds the current setup token.
 pub const SETUP_TOKEN_FILE: &str = "setup-token";

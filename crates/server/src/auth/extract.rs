@@ -6,6 +6,7 @@
 //! exist, so its existence never leaks.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
@@ -14,8 +15,8 @@ use actix_web::{web, FromRequest, HttpRequest};
 use tally_common::{NamespaceWithRole, Role};
 
 use crate::error::ApiError;
-use crate::routes::to_namespace;
 use crate::state::AppState;
+use crate::views::to_namespace;
 
 #[derive(Debug, Clone)]
 pub struct CurrentAccount {
@@ -184,5 +185,23 @@ impl FromRequest for CurrentOperator {
                 email: account.email,
             })
         })
+    }
+}
+
+/// The caller's address as the throttle counts it (`crate::throttle`): the TCP
+/// peer, or what trusted proxies forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequest for ClientIp {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(
+            req.app_data::<web::Data<AppState>>()
+                .map(|state| ClientIp(state.throttle.client_ip(req)))
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing"))),
+        )
     }
 }

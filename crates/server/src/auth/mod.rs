@@ -17,6 +17,6 @@ pub mod extract;
 pub mod password;
 pub mod tokens;
 
-pub use extract::{CurrentAccount, CurrentMember, CurrentOperator, Permission};
+pub use extract::{ClientIp, CurrentAccount, CurrentMember, CurrentOperator, Permission};
 pub use password::Passwords;
 pub use tokens::Tokens;

@@ -12,8 +12,8 @@ use tally_store::alerts::AlertRow;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 const MAX_THRESHOLD: i64 = 1_000_000_000_000_000;
 

@@ -6,27 +6,18 @@
 
 use actix_web::{post, web, HttpResponse};
 use tally_common::{
-    Account, AuthResponse, ErrorBody, ErrorCode, LoginRequest, RefreshRequest, SetupRequest,
-    Severity, SignupRequest,
+    AuthResponse, ErrorBody, ErrorCode, LoginRequest, RefreshRequest, SetupRequest, Severity,
+    SignupRequest,
 };
-use tally_store::accounts::AccountRow;
 use tally_store::events::NewEvent;
 
 use crate::auth::accounts::{self, MAX_PASSWORD};
 use crate::auth::tokens::{hash_refresh_token, sha256_hex};
+use crate::auth::ClientIp;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{normalize_email, rfc3339};
+use crate::input::normalize_email;
 use crate::state::AppState;
-use crate::throttle::ClientIp;
-
-pub fn to_account(row: &AccountRow) -> Account {
-    Account {
-        id: row.id.clone(),
-        email: row.email.clone(),
-        display_name: row.display_name.clone(),
-        created_at: rfc3339(row.created_at),
-    }
-}
+use crate::views::to_account;
 
 /// Creates an account with a personal namespace (the caller is its owner) and
 /// starts a session. It joins nothing else: invitations are accepted with

@@ -13,10 +13,10 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, CurrentOperator, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::keys::parse_expiry;
-use crate::routes::rfc3339;
+use crate::input::parse_expiry;
 use crate::services::credits::{self, Credit};
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 /// Furthest expiry: bounds the part of the ledger a replay reads.
 const MAX_EXPIRY_MS: i64 = 366 * 24 * 3600 * 1000;

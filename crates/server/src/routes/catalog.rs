@@ -12,8 +12,8 @@ use tally_store::catalog::CatalogRow;
 use crate::auth::{CurrentAccount, CurrentOperator};
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::catalog::validate;
-use crate::routes::rfc3339;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 /// What reads show instead of an upstream's credential.
 const MASK: &str = "********";

@@ -17,9 +17,9 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, CurrentOperator, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
 use crate::services::credits::{self, Credit};
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 pub fn to_entry(r: LedgerRow) -> LedgerEntry {
     LedgerEntry {

@@ -23,8 +23,8 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::ApiResult;
-use crate::routes::rfc3339;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 const HOUR_MS: i64 = 3_600_000;
 

@@ -8,8 +8,8 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

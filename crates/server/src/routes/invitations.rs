@@ -15,11 +15,11 @@ use tally_common::{
 use tally_store::events::NewEvent;
 
 use crate::auth::tokens::sha256_hex;
+use crate::auth::ClientIp;
 use crate::auth::CurrentAccount;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{rfc3339, to_namespace};
 use crate::state::AppState;
-use crate::throttle::ClientIp;
+use crate::views::{rfc3339, to_namespace};
 
 fn not_found() -> ApiError {
     ApiError::new(

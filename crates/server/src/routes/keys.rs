@@ -22,8 +22,10 @@ use utoipa::IntoParams;
 use crate::auth::tokens::sha256_hex;
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{clean_name, rfc3339};
+use crate::input::clean_name;
+use crate::input::parse_expiry;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 const MAX_LABELS: usize = 20;
 const MAX_ALLOWED_APIS: usize = 100;
@@ -141,16 +143,6 @@ fn check_limits(l: &KeyLimits) -> ApiResult<()> {
             "limits must be positive; leave a limit out for no limit",
         ))
     }
-}
-
-pub(crate) fn parse_expiry(value: &str) -> ApiResult<i64> {
-    let t = chrono::DateTime::parse_from_rfc3339(value.trim())
-        .map_err(|_| ApiError::invalid("expires_at must be an RFC 3339 time"))?
-        .timestamp_millis();
-    if t <= tally_store::now_ms() {
-        return Err(ApiError::invalid("expires_at must be in the future"));
-    }
-    Ok(t)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<String> {

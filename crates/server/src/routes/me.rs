@@ -3,9 +3,9 @@ use tally_common::{ErrorBody, Me};
 
 use crate::auth::CurrentAccount;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::auth::to_account;
-use crate::routes::to_namespace;
 use crate::state::AppState;
+use crate::views::to_account;
+use crate::views::to_namespace;
 
 /// The signed-in account and every namespace it belongs to, with its role.
 #[utoipa::path(

@@ -18,8 +18,9 @@ use tally_store::AnyConnection;
 use crate::auth::tokens::{random_token, sha256_hex};
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{normalize_email, rfc3339};
+use crate::input::normalize_email;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 fn to_member(row: MemberRow) -> Member {
     Member {

@@ -22,12 +22,8 @@ pub mod system;
 pub mod topups;
 pub mod usage;
 
-use chrono::{TimeZone, Utc};
-use tally_common::{Namespace, NamespaceWithRole};
-use tally_store::namespaces::MembershipRow;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use crate::error::{ApiError, ApiResult};
 use crate::gateway::http as gateway;
 
 /// Registers every documented route.
@@ -106,49 +102,4 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(catalog::update)
                 .service(catalog::remove),
         );
-}
-
-/// Unix milliseconds to RFC 3339 UTC with millisecond precision.
-pub fn rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn to_namespace(row: MembershipRow) -> NamespaceWithRole {
-    NamespaceWithRole {
-        namespace: Namespace {
-            id: row.namespace.id,
-            name: row.namespace.name,
-            created_at: rfc3339(row.namespace.created_at),
-        },
-        role: row.role,
-    }
-}
-
-/// Trims and lower-cases an email and checks its shape (not deliverability).
-pub fn normalize_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && matches!(email.split_once('@'), Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-                && !domain.starts_with('.') && !domain.ends_with('.'));
-    if valid {
-        Ok(email)
-    } else {
-        Err(ApiError::invalid("email must be a valid address"))
-    }
-}
-
-/// A trimmed, non-empty name of at most `max` characters without control characters.
-pub fn clean_name(field: &str, value: &str, max: usize) -> ApiResult<String> {
-    let value = value.trim();
-    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "{field} must be 1 to {max} characters without control characters"
-        )));
-    }
-    Ok(value.to_owned())
 }

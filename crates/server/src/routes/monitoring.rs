@@ -23,10 +23,10 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
-use crate::routes::statements::csv_text;
-use crate::routes::usage::to_event;
 use crate::state::AppState;
+use crate::views::csv_text;
+use crate::views::rfc3339;
+use crate::views::to_event;
 
 pub const MAX_WINDOW_DAYS: i64 = 400;
 pub const MAX_POINTS: i64 = 1_500;

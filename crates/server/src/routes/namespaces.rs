@@ -9,8 +9,9 @@ use tally_store::events::NewEvent;
 
 use crate::auth::{CurrentAccount, CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{clean_name, to_namespace};
+use crate::input::clean_name;
 use crate::state::AppState;
+use crate::views::to_namespace;
 
 /// Namespaces the caller belongs to, oldest first, with the caller's role.
 #[utoipa::path(

@@ -18,8 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
 use crate::state::AppState;
+use crate::views::csv_text;
+use crate::views::rfc3339;
 
 /// Months in the invoice history at most (ten years).
 const MAX_MONTHS: usize = 120;
@@ -139,21 +140,6 @@ async fn summary(
         s.closing_balance_micros += amount;
     }
     Ok(s)
-}
-
-/// A CSV field: quoted when it needs to be, and defused when a spreadsheet
-/// would read it as a formula.
-pub(crate) fn csv_text(s: &str) -> String {
-    let guarded = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_owned()
-    };
-    if guarded.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", guarded.replace('"', "\"\""))
-    } else {
-        guarded
-    }
 }
 
 fn download(body: String, filename: String) -> HttpResponse {

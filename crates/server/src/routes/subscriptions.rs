@@ -18,11 +18,11 @@ use tally_store::subscriptions::SubscriptionRow;
 use crate::auth::{CurrentAccount, CurrentMember, Permission};
 use crate::config::PackageSettings;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
 use crate::services::billing;
 use crate::services::billing::units;
 use crate::services::subscriptions::new_period_intent;
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 fn valid(p: &PackageSettings) -> bool {
     p.credits_micros > 0 && p.price_units > 0

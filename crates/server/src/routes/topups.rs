@@ -28,11 +28,11 @@ use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::rfc3339;
 use crate::services::billing::units;
 use crate::services::billing::{self, SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::services::credits::{self, DepositCredit, DepositOutcome, MAX_CREDIT};
 use crate::state::AppState;
+use crate::views::rfc3339;
 
 /// Largest intent or deposit: a billion whole units, in millionths.
 const MAX_UNITS: i64 = 1_000_000_000_000_000;

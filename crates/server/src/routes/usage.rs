@@ -7,37 +7,16 @@ use tally_common::{
     Environment, ErrorBody, ErrorCode, KeyStats, PlaygroundRequest, PlaygroundResponse, UsageEvent,
     UsagePage,
 };
-use tally_store::usage::{CallRecord, UsageFilter};
+use tally_store::usage::UsageFilter;
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::keys::KeyInfo;
 use crate::gateway::{limits, Endpoint, Inbound, ReplyBody};
-use crate::routes::rfc3339;
 use crate::state::AppState;
-
-/// A recorded call as the API shows it.
-pub fn to_event(c: CallRecord) -> UsageEvent {
-    UsageEvent {
-        id: c.id,
-        time: rfc3339(c.time),
-        environment: c.environment,
-        key_id: c.key_id,
-        api: c.api,
-        model: c.model,
-        endpoint: c.endpoint,
-        request_type: c.request_type.to_owned(),
-        status: u16::try_from(c.status).unwrap_or(0),
-        error: c.error,
-        latency_us: c.latency_us,
-        upstream_latency_us: c.upstream_latency_us,
-        tokens_in: c.tokens_in,
-        tokens_out: c.tokens_out,
-        cost_micros: c.cost_micros,
-        client_id: c.client_id,
-    }
-}
+use crate::views::rfc3339;
+use crate::views::to_event;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

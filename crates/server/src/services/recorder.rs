@@ -225,7 +225,7 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
 
 async fn commit(store: &Store, calls: &[CallRecord]) -> tally_store::Result<()> {
     let mut tx = store.begin().await?;
-    tally_store::usage::record_calls(&mut tx, calls, tally_store::now_ms()).await?;
+    tally_store::recording::record_calls(&mut tx, calls, tally_store::now_ms()).await?;
     tx.commit().await?;
     Ok(())
 }

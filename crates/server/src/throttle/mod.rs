@@ -36,14 +36,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::HttpRequest;
 use futures_util::future::BoxFuture;
 use ipnet::IpNet;
 
 use crate::config::AuthSettings;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
 
 /// A limit: a budget of `burst` units that refills completely over `period`
 /// (one unit every `period / burst`). A burst of 0 turns the limit off.
@@ -265,23 +263,6 @@ pub fn ip_key(ip: IpAddr) -> String {
             let s = v6.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
-    }
-}
-
-/// The caller's address as the throttle counts it.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
-
-impl FromRequest for ClientIp {
-    type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(
-            req.app_data::<web::Data<AppState>>()
-                .map(|state| ClientIp(state.throttle.client_ip(req)))
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing"))),
-        )
     }
 }
 

@@ -14,8 +14,8 @@ use tally_server::Application;
 
 use crate::billing::{balance, billing_app, create_intent, deposit_body, notify};
 use crate::helpers::{
-    assert_error, backend_tests, grant, json, start, test_settings, Backend, TestApp, TestDatabase,
-    User,
+    assert_error, backend_tests, grant, json, launch, start, test_settings, Backend, TestApp,
+    TestDatabase, User,
 };
 
 backend_tests!(
@@ -59,13 +59,7 @@ async fn app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Te
     let db = TestDatabase::new(backend).await;
     let mut settings = test_settings(&db);
     configure(&mut settings);
-    let (address, store) = start(settings).await;
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-    }
+    launch(db, settings).await.0
 }
 
 fn deny_loopback(s: &mut Settings) {
@@ -121,7 +115,7 @@ async fn a_denied_upstream_is_refused_when_an_api_is_created_or_changed(backend:
         s.egress.deny = vec!["*.internal.example".into(), "10.0.0.0/8".into()];
     })
     .await;
-    let operator = app.signup("operator").await;
+    let operator = app.signup_operator("operator").await;
     let create = |config: Value| app.post("/api/v1/admin/catalog", Some(&operator.token), config);
 
     for (slug, url) in [
@@ -226,7 +220,7 @@ async fn a_name_that_resolves_to_a_denied_address_is_never_connected_and_costs_n
 ) {
     let (port, hits) = counting_upstream().await;
     let app = app_with(backend, deny_loopback).await;
-    let operator = app.signup("operator").await;
+    let operator = app.signup_operator("operator").await;
 
     // A literal loopback address is refused at once; a name passes validation
     // (DNS is asked at call time, not when the URL is written).
@@ -264,7 +258,7 @@ async fn a_name_that_resolves_to_a_denied_address_is_never_connected_and_costs_n
     // deny_private refuses loopback the same way.
     let (port, hits) = counting_upstream().await;
     let app = app_with(backend, |s| s.egress.deny_private = true).await;
-    let operator = app.signup("operator").await;
+    let operator = app.signup_operator("operator").await;
     let res = app
         .post(
             "/api/v1/admin/catalog",
@@ -285,7 +279,7 @@ async fn a_stored_literal_address_the_policy_now_denies_is_never_connected(backe
     let (port, hits) = counting_upstream().await;
     // An open server stores an API on a literal loopback address ...
     let open = app_with(backend, |_| {}).await;
-    let operator = open.signup("operator").await;
+    let operator = open.signup_operator("operator").await;
     let res = open
         .post(
             "/api/v1/admin/catalog",

@@ -181,12 +181,36 @@ pub fn test_settings(db: &TestDatabase) -> Settings {
     settings
 }
 
+/// Starts a second server (e.g. on the database of another test app).
 pub async fn start(settings: Settings) -> (String, tally_store::Store) {
     let app = Application::build(settings).await.expect("server starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.store().clone();
     tokio::spawn(app.run_until_stopped());
     (address, store)
+}
+
+/// Starts a server on `db` with `settings`; also returns its gateway (whose
+/// caches and counters some tests look at).
+pub async fn launch(
+    db: TestDatabase,
+    settings: Settings,
+) -> (TestApp, std::sync::Arc<tally_server::gateway::Gateway>) {
+    let app = Application::build(settings.clone())
+        .await
+        .expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store().clone();
+    let gateway = app.gateway().clone();
+    tokio::spawn(app.run_until_stopped());
+    let app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        store,
+        settings,
+    };
+    (app, gateway)
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -198,14 +222,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_with(db: TestDatabase, change: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&db);
     change(&mut settings);
-    let (address, store) = start(settings.clone()).await;
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-        settings,
-    }
+    launch(db, settings).await.0
 }
 
 /// A test server with `configure`d settings, and its gateway (whose caches
@@ -217,18 +234,7 @@ pub async fn spawn_app_with(
     let db = TestDatabase::new(backend).await;
     let mut settings = test_settings(&db);
     configure(&mut settings);
-    let app = Application::build(settings).await.expect("server starts");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let store = app.store().clone();
-    let gateway = app.gateway().clone();
-    tokio::spawn(app.run_until_stopped());
-    let app = TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-    };
-    (app, gateway)
+    launch(db, settings).await
 }
 
 /// A signed-up account: its tokens and personal namespace.

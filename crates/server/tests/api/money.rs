@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tally_common::{Balances, CreatedKey, Environment, ErrorCode, UsagePage};
 
 use crate::helpers::{
-    add_api, assert_error, backend_tests, grant, json, spawn_app, start, test_settings, Backend,
+    add_api, assert_error, backend_tests, grant, json, launch, spawn_app, test_settings, Backend,
     TestApp, TestDatabase, User,
 };
 
@@ -271,7 +271,7 @@ async fn recorded(app: &TestApp, user: &User, n: usize) -> UsagePage {
 
 /// An operator with a live balance and an API on the mock upstream.
 async fn setup(app: &TestApp, upstream: &str, mode: &str, extra: Value) -> (User, String) {
-    let op = app.signup("op").await;
+    let op = app.signup_operator("op").await;
     let mut config = json!({
         "slug": "tok", "name": "Tokens", "models": ["tok-1"],
         "upstreams": [{"url": format!("{upstream}/{mode}")}],
@@ -734,13 +734,7 @@ async fn a_client_that_never_reads_and_a_trickling_upstream_are_cut_off(backend:
     let mut settings = test_settings(&db);
     settings.gateway.stream_send_timeout_secs = 1;
     settings.gateway.stream_deadline_secs = 3;
-    let (address, store) = start(settings).await;
-    let app = TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-    };
+    let app = launch(db, settings).await.0;
     let (up, _) = upstream().await;
     let (op, secret) = setup(&app, &up, "flood", json!({})).await;
     add_api(
@@ -817,13 +811,7 @@ async fn an_oversized_upstream_answer_is_refused_and_costs_nothing(backend: Back
     let db = TestDatabase::new(backend).await;
     let mut settings = test_settings(&db);
     settings.gateway.max_response_bytes = 1 << 20;
-    let (address, store) = start(settings).await;
-    let app = TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-    };
+    let app = launch(db, settings).await.0;
     let (up, _) = upstream().await;
     let (op, secret) = setup(&app, &up, "huge", json!({})).await;
     let res = post(
@@ -995,7 +983,7 @@ async fn both_writers_leave_identical_rows_for_the_same_calls() {
     }
     for batch in calls.chunks(70) {
         let mut tx = pg_store.begin().await.unwrap();
-        tally_store::usage::record_calls(&mut tx, batch, now)
+        tally_store::recording::record_calls(&mut tx, batch, now)
             .await
             .unwrap();
         tx.commit().await.unwrap();

@@ -13,7 +13,7 @@ use sha2::Digest;
 use tally_common::ErrorCode;
 
 use crate::helpers::{
-    assert_error, backend_tests, start, test_settings, Backend, TestApp, TestDatabase,
+    assert_error, backend_tests, launch, test_settings, Backend, TestApp, TestDatabase,
 };
 
 backend_tests!(
@@ -56,13 +56,7 @@ async fn app_with_dist(backend: Backend) -> TestApp {
     write_dist(&dist);
     let mut settings = test_settings(&db);
     settings.static_dir = dist;
-    let (address, store) = start(settings).await;
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        db,
-        store,
-    }
+    launch(db, settings).await.0
 }
 
 async fn fetch(
