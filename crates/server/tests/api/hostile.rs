@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tally_common::{CreatedKey, Environment};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{backend_tests, json, spawn_app, Backend, TestApp, User};
+use crate::helpers::{add_api, backend_tests, json, spawn_app, Backend, TestApp, User};
 
 backend_tests!(
     hostile_input_at_every_gateway_route_never_gives_a_5xx_or_disturbs_another_namespace
@@ -37,11 +37,11 @@ const ROUTES: [(&str, &str); 10] = [
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/tally-sandbox"),
-    ("GET", "/v1/apis/sandbox/echo"),
-    ("POST", "/v1/apis/sandbox/echo"),
-    ("PUT", "/v1/apis/sandbox/echo"),
-    ("PATCH", "/v1/apis/sandbox/echo"),
-    ("DELETE", "/v1/apis/sandbox/echo"),
+    ("GET", "/v1/apis/plain/echo"),
+    ("POST", "/v1/apis/plain/echo"),
+    ("PUT", "/v1/apis/plain/echo"),
+    ("PATCH", "/v1/apis/plain/echo"),
+    ("DELETE", "/v1/apis/plain/echo"),
 ];
 const GENERIC_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 const OPENAI_POSTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -291,7 +291,7 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "NUL in the generic path",
             method,
-            "/v1/apis/sandbox/%00x",
+            "/v1/apis/plain/%00x",
             "",
             NoServerError,
         ));
@@ -305,9 +305,18 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "NUL in the query",
             method,
-            "/v1/apis/sandbox/echo?q=%00",
+            "/v1/apis/plain/echo?q=%00",
             "",
             NoServerError,
+        ));
+    }
+    for method in GENERIC_METHODS {
+        cases.push(case(
+            "an OpenAI-compatible API through the generic route",
+            method,
+            "/v1/apis/sandbox/v1/chat/completions",
+            r#"{"model":"tally-sandbox","messages":[{"role":"user","content":"hi"}]}"#,
+            Error(404, "not_found"),
         ));
     }
     cases.push(case(
@@ -351,7 +360,7 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "NUL in a generic JSON body",
             method,
-            "/v1/apis/sandbox/echo",
+            "/v1/apis/plain/echo",
             r#"{"x":"a\u0000b"}"#,
             NoServerError,
         ));
@@ -435,14 +444,14 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "raw binary generic body",
             method,
-            "/v1/apis/sandbox/echo",
+            "/v1/apis/plain/echo",
             [0x00u8, 0xff, 0xfe, 0x80, 0xc3, 0x28],
             NoServerError,
         ));
         cases.push(case(
             "invalid UTF-8 in the generic path",
             method,
-            "/v1/apis/sandbox/%ff%fe/%c3%28",
+            "/v1/apis/plain/%ff%fe/%c3%28",
             "",
             NoServerError,
         ));
@@ -456,7 +465,7 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "invalid UTF-8 in the query",
             method,
-            "/v1/apis/sandbox/echo?q=%ff%fe",
+            "/v1/apis/plain/echo?q=%ff%fe",
             "",
             NoServerError,
         ));
@@ -525,7 +534,7 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "huge numbers in a generic body",
             method,
-            "/v1/apis/sandbox/echo",
+            "/v1/apis/plain/echo",
             r#"{"max_tokens":-5,"n":1e308,"big":18446744073709551616,"neg":-1e308}"#,
             NoServerError,
         ));
@@ -561,14 +570,14 @@ fn hostile_cases() -> Vec<Case> {
         cases.push(case(
             "malformed JSON in a generic body",
             method,
-            "/v1/apis/sandbox/echo",
+            "/v1/apis/plain/echo",
             r#"{"a":[1,2"#,
             NoServerError,
         ));
         cases.push(case(
             "deeply nested generic body",
             method,
-            "/v1/apis/sandbox/echo",
+            "/v1/apis/plain/echo",
             &deep,
             NoServerError,
         ));
@@ -614,16 +623,11 @@ async fn ordinary_calls(
         ("chat", "POST", "/v1/chat/completions", chat),
         ("stream", "POST", "/v1/chat/completions", stream),
         ("embeddings", "POST", "/v1/embeddings", embed),
-        (
-            "generic GET",
-            "GET",
-            "/v1/apis/sandbox/weather?city=Oslo",
-            "",
-        ),
+        ("generic GET", "GET", "/v1/apis/plain/weather?city=Oslo", ""),
         (
             "generic POST",
             "POST",
-            "/v1/apis/sandbox/items",
+            "/v1/apis/plain/items",
             r#"{"name":"x"}"#,
         ),
     ];
@@ -739,6 +743,17 @@ async fn hostile_input_at_every_gateway_route_never_gives_a_5xx_or_disturbs_anot
     let addr = app.address.trim_start_matches("http://").to_owned();
     let a = app.signup("a").await;
     let b = app.signup("b").await;
+    // A plain HTTP API for the generic route (test keys get the sandbox's
+    // echo); the OpenAI-compatible sandbox is not reachable there.
+    let op = app.signup_operator("op").await;
+    add_api(
+        &app,
+        &op,
+        json!({"slug": "plain", "name": "Plain", "protocol": "http",
+            "upstreams": [{"url": "http://127.0.0.1:9"}],
+            "pricing": {"per_request_micros": 100}}),
+    )
+    .await;
     let key_a = test_key(&app, &a).await;
     let key_b = test_key(&app, &b).await;
     // Past the change poller's look-back (it drops a new key for 2 s), then
