@@ -92,6 +92,9 @@ async fn time_calls(client: &reqwest::Client, base: &str, secret: &str, calls: u
     out
 }
 
+/// Answers counted by status, shared by the flood's tasks.
+type StatusCounts = Arc<Mutex<BTreeMap<String, u64>>>;
+
 /// Random-key requests from `addresses` source addresses, `per_address`
 /// connections each, until `stop`; answers counted by status.
 fn flood(
@@ -100,10 +103,7 @@ fn flood(
     addresses: usize,
     per_address: usize,
     stop: Arc<AtomicBool>,
-) -> (
-    Vec<tokio::task::JoinHandle<()>>,
-    Arc<Mutex<BTreeMap<String, u64>>>,
-) {
+) -> (Vec<tokio::task::JoinHandle<()>>, StatusCounts) {
     let counts = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
     for a in 0..addresses {

@@ -238,7 +238,7 @@ pub fn inline_script_hashes(html: &str) -> Vec<String> {
         };
         let tag = &lower[start..open_end];
         if !tag.contains(" src=") && !tag.contains("\nsrc=") {
-            let digest = Sha256::digest(html[open_end..close].as_bytes());
+            let digest = Sha256::digest(&html.as_bytes()[open_end..close]);
             out.push(format!(
                 "'sha256-{}'",
                 base64::engine::general_purpose::STANDARD.encode(digest)

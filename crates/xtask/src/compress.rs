@@ -99,7 +99,7 @@ pub fn precompress(dir: &Path) -> Result<Vec<Sizes>> {
             gzip,
         });
     }
-    out.sort_by(|a, b| b.plain.cmp(&a.plain));
+    out.sort_by_key(|c| std::cmp::Reverse(c.plain));
     Ok(out)
 }
 

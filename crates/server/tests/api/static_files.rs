@@ -72,7 +72,7 @@ async fn fetch(
     req.send().await.unwrap()
 }
 
-fn header<'a>(res: &'a reqwest::Response, name: impl reqwest::header::AsHeaderName) -> &'a str {
+fn header(res: &reqwest::Response, name: impl reqwest::header::AsHeaderName) -> &str {
     res.headers()
         .get(name)
         .map(|v| v.to_str().unwrap())
