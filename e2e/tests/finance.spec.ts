@@ -132,11 +132,18 @@ test('a viewer sees the balance, the alert and its banner, but no top-ups, invoi
   // The viewer signs up, is added to the owner's namespace and switches to it.
   await signUp(page, 'viewer');
   const viewerEmail = (await page.getByTestId('account-email').textContent()) ?? '';
-  const added = await request.post(`/api/v1/namespaces/${ns}/members`, {
+  const invited = await request.post(`/api/v1/namespaces/${ns}/members`, {
     headers: auth,
     data: { email: viewerEmail, role: 'viewer' },
   });
-  expect(added.ok()).toBe(true);
+  expect(invited.status()).toBe(201);
+  // Membership comes only from accepting the invitation's token while signed in.
+  const viewerTokens = await page.evaluate(() => JSON.parse(localStorage.getItem('tally.tokens') ?? '{}'));
+  const accepted = await request.post('/api/v1/invitations/accept', {
+    headers: { Authorization: `Bearer ${viewerTokens.access_token}` },
+    data: { token: (await invited.json()).token },
+  });
+  expect(accepted.ok()).toBe(true);
   await page.reload();
   await page.getByTestId('namespace-switcher').selectOption({ label: 'Personal (viewer)' });
   await page.locator('nav.sidebar').getByRole('link', { name: 'Finance' }).click();

@@ -98,23 +98,33 @@ test('areas not built yet say so plainly', async ({ page }) => {
   }
 });
 
-test('members can be added and invited from settings', async ({ page, request }) => {
-  // A second account to add as a member.
+test('members are invited from settings and join when they accept the link', async ({ page, request }) => {
+  // A second account to invite: having an account joins it to nothing by itself.
   const other = uniqueEmail('colleague');
   const res = await request.post('/api/v1/auth/signup', { data: { email: other, password } });
   expect(res.status()).toBe(201);
+  const otherAuth = { Authorization: `Bearer ${(await res.json()).access_token}` };
 
   await signUp(page, uniqueEmail('owner'));
   await page.locator('nav.sidebar').getByRole('link', { name: 'Settings' }).click();
   await expect(page.getByTestId('members')).toBeVisible();
   await page.getByTestId('member-email').fill(other);
   await page.getByTestId('member-add').click();
-  await expect(page.getByText(`${other} added as developer.`)).toBeVisible();
+  await expect(page.getByTestId('invite-panel')).toContainText(`Invitation for ${other} as developer`);
+  await expect(page.getByTestId('invitation-row')).toContainText(other);
+
+  // The colleague accepts with the link's token and appears among the members.
+  const link = (await page.getByTestId('invite-link').textContent()) ?? '';
+  const token = link.split('#')[1] ?? '';
+  const accepted = await request.post('/api/v1/invitations/accept', { headers: otherAuth, data: { token } });
+  expect(accepted.ok()).toBe(true);
+  await page.reload();
   await expect(page.getByTestId('members')).toContainText(other);
+  await expect(page.getByTestId('invitation-row')).toHaveCount(0);
 
   const stranger = uniqueEmail('stranger');
   await page.getByTestId('member-email').fill(stranger);
   await page.getByTestId('member-add').click();
-  await expect(page.getByTestId('members')).toContainText(stranger);
-  await expect(page.getByTestId('members')).toContainText('invited');
+  await expect(page.getByTestId('invitation-row')).toContainText(stranger);
+  await expect(page.getByTestId('invitation-row')).toContainText('invited');
 });

@@ -589,14 +589,14 @@ fn plan(rng: &mut StdRng, keys: &[DemoKey], t: &Targets) -> Option<Planned> {
             ),
             _ => call(
                 "/v1/completions",
-                json!({ "model": chat, "prompt": prompt, "max_tokens": 500_000_000u64 }),
+                json!({ "model": chat, "prompt": prompt, "max_tokens": 10_000_000u64, "n": 128 }),
                 main,
             ),
         },
         // A call whose maximum cost is more than any demo balance: 402.
         _ => call(
             "/v1/completions",
-            json!({ "model": chat, "prompt": prompt, "max_tokens": 500_000_000u64 }),
+            json!({ "model": chat, "prompt": prompt, "max_tokens": 10_000_000u64, "n": 128 }),
             main,
         ),
     })
