@@ -11,7 +11,7 @@ use tally_common::{LoginRequest, SetupRequest, SignupRequest};
 
 use crate::api;
 use crate::components::ErrorNotice;
-use crate::pages::invite::pending_invitation;
+use crate::pages::invite::{location_fragment, pending_invitation};
 use crate::state::use_app;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -28,14 +28,6 @@ fn after_sign_in() -> &'static str {
     } else {
         "/"
     }
-}
-
-/// The part of the address after `#`, where setup and invitation links carry
-/// their token (a fragment never reaches a server or its logs).
-pub fn location_fragment() -> Option<String> {
-    let hash = web_sys::window()?.location().hash().ok()?;
-    let token = hash.trim_start_matches('#').trim().to_owned();
-    (!token.is_empty()).then_some(token)
 }
 
 #[component]

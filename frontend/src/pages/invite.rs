@@ -13,10 +13,17 @@ use leptos_router::hooks::use_navigate;
 
 use crate::api;
 use crate::components::{short_time, ErrorNotice, Loaded};
-use crate::pages::auth::location_fragment;
 use crate::state::use_app;
 
 const PENDING_KEY: &str = "tally.invitation";
+
+/// The part of the address after `#`, where setup and invitation links carry
+/// their token (a fragment never reaches a server or its logs).
+pub fn location_fragment() -> Option<String> {
+    let hash = web_sys::window()?.location().hash().ok()?;
+    let token = hash.trim_start_matches('#').trim().to_owned();
+    (!token.is_empty()).then_some(token)
+}
 
 /// The invitation token this tab is on its way to accept, if any.
 pub fn pending_invitation() -> Option<String> {
