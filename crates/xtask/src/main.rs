@@ -712,20 +712,35 @@ fn build_spa(cx: &Ctx) -> Result<()> {
 /// Builds the `tally` binary (release or debug) and returns the path cargo reports, so
 /// CARGO_TARGET_DIR and target-dir settings are honoured.
 fn build_tally(cx: &Ctx, release: bool) -> Result<PathBuf> {
-    use std::io::{BufRead, BufReader};
     let mut cmd = cx.cargo();
     cmd.arg("build");
     if release {
         cmd.arg("--release");
     }
+    cmd.args(["-p", "tally-server", "--bin", "tally"]);
+    tally_built_by(cmd)
+}
+
+/// The `tally` that `cargo test --workspace` built for the HTTP tests: the same command with
+/// `--no-run` finds it without compiling anything again (a plain `cargo build` of the binary
+/// resolves features without the dev-dependencies and would compile the server once more).
+fn tally_of_test_build(cx: &Ctx) -> Result<PathBuf> {
+    let mut cmd = cx.cargo();
     cmd.args([
-        "-p",
-        "tally-server",
-        "--bin",
-        "tally",
-        "--message-format=json-render-diagnostics",
-    ])
-    .stdout(Stdio::piped());
+        "test",
+        "--workspace",
+        "--exclude",
+        FRONTEND_PACKAGE,
+        "--no-run",
+    ]);
+    tally_built_by(cmd)
+}
+
+/// Runs a cargo build command and returns the `tally` executable it reports.
+fn tally_built_by(mut cmd: Command) -> Result<PathBuf> {
+    use std::io::{BufRead, BufReader};
+    cmd.arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
     let shown = show(&cmd);
     note(format!("$ {shown}"));
     let mut child = cmd
@@ -750,7 +765,14 @@ fn build_tally(cx: &Ctx, release: bool) -> Result<PathBuf> {
 /// The executable of the `tally` binary target from one line of cargo's JSON messages.
 fn tally_executable(line: &str) -> Option<PathBuf> {
     let message: serde_json::Value = serde_json::from_str(line).ok()?;
-    if message["reason"] != "compiler-artifact" || message["target"]["name"] != "tally" {
+    // The binary itself, not the unit-test harness of the same name.
+    if message["reason"] != "compiler-artifact"
+        || message["target"]["name"] != "tally"
+        || message["profile"]["test"] != false
+        || !message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
+    {
         return None;
     }
     message["executable"].as_str().map(PathBuf::from)
@@ -871,12 +893,12 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
             &mut counts,
         )
     })?;
-    // `cargo test` has just built the debug `tally` for the HTTP tests, so this is only a
-    // check that returns its path; schemathesis and the browser suite both use it.
+    // `cargo test` has just built the debug `tally` for the HTTP tests; schemathesis and the
+    // browser suite use that one.
     let mut tally = PathBuf::new();
     if api_check || e2e {
-        report.run("build tally (debug)", || {
-            tally = build_tally(cx, false)?;
+        report.run("find tally (debug, from the test build)", || {
+            tally = tally_of_test_build(cx)?;
             Ok(())
         })?;
     }
@@ -1033,11 +1055,14 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
 
     #[test]
     fn finds_the_tally_executable_in_cargo_messages() {
-        let line = r#"{"reason":"compiler-artifact","target":{"name":"tally","kind":["bin"]},"executable":"/t/release/tally"}"#;
+        let line = r#"{"reason":"compiler-artifact","target":{"name":"tally","kind":["bin"]},"profile":{"test":false},"executable":"/t/release/tally"}"#;
         assert_eq!(
             tally_executable(line),
             Some(PathBuf::from("/t/release/tally"))
         );
+        // `cargo test --no-run` also reports the binary's unit-test harness, of the same name.
+        let harness = r#"{"reason":"compiler-artifact","target":{"name":"tally","kind":["bin"]},"profile":{"test":true},"executable":"/t/debug/deps/tally-0123"}"#;
+        assert_eq!(tally_executable(harness), None);
         let lib =
             r#"{"reason":"compiler-artifact","target":{"name":"tally_server"},"executable":null}"#;
         assert_eq!(tally_executable(lib), None);
