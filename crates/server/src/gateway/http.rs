@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use actix_web::http::header::AUTHORIZATION;
 use actix_web::{get, post, route, web, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -82,17 +82,6 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
         .ok_or_else(invalid_key)
 }
 
-/// The answer to a key that did not authenticate. The throttle of unknown
-/// keys (429) and busy lookups (503) clear within a second: `Retry-After: 1`.
-fn key_error(e: &ApiError) -> HttpResponse {
-    let mut res = e.error_response();
-    if matches!(e.code, ErrorCode::RateLimited | ErrorCode::Unavailable) {
-        res.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    res
-}
-
 /// The key of a request, looked up with the caller's address.
 async fn authenticate(
     req: &HttpRequest,
@@ -146,7 +135,7 @@ async fn call(
     let gw = &state.gateway;
     let key = match authenticate(&req, &state).await {
         Ok(k) => k,
-        Err(e) => return key_error(&e),
+        Err(e) => return e.error_response(),
     };
     let body = match read_body(payload, gw.settings().max_body_bytes).await {
         Ok(b) => b,
@@ -347,7 +336,7 @@ pub async fn generic(
 pub async fn models(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     match visible_models(&req, &state).await {
         Ok(list) => HttpResponse::Ok().json(json!({"object": "list", "data": list})),
-        Err(e) => key_error(&e),
+        Err(e) => e.error_response(),
     }
 }
 
@@ -377,7 +366,7 @@ pub async fn model(
             Some(m) => HttpResponse::Ok().json(m),
             None => ApiError::not_found(&format!("model '{model}'")).error_response(),
         },
-        Err(e) => key_error(&e),
+        Err(e) => e.error_response(),
     }
 }
 

@@ -255,7 +255,12 @@ impl KeyCache {
             Err(Miss::Busy) => Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "too many API keys are being looked up at once; retry in a second",
-            )),
+            )
+            .with_retry_after(RETRY_SOON)),
+            // A database that is busy (503) clears as soon as the lookups do.
+            Err(Miss::Failed(code, message)) if code == ErrorCode::Unavailable => {
+                Err(ApiError::new(code, message).with_retry_after(RETRY_SOON))
+            }
             Err(Miss::Failed(code, message)) => Err(ApiError::new(code, message)),
         }
     }
@@ -464,11 +469,15 @@ fn client_block(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The throttle of unknown keys and busy lookups clear within a second.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+
 fn throttled() -> ApiError {
     ApiError::new(
         ErrorCode::RateLimited,
         "too many requests with unknown API keys from this address; retry in 1 s",
     )
+    .with_retry_after(RETRY_SOON)
 }
 
 pub fn invalid_key() -> ApiError {
