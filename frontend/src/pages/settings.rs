@@ -150,7 +150,7 @@ fn Members() -> impl IntoView {
                 let me = app.account.get_untracked().map(|a| a.id).unwrap_or_default();
                 let ns = app.namespace.get_untracked().unwrap_or_default();
                 view! {
-                    <table data-testid="members">
+                    <div class="table-wrap"><table data-testid="members">
                         <thead><tr><th>"Member"</th><th>"Role"</th><th>"Joined"</th><th></th></tr></thead>
                         <tbody>
                             {list.members.into_iter().map(|m| {
@@ -217,7 +217,7 @@ fn Members() -> impl IntoView {
                                 }
                             }).collect_view()}
                         </tbody>
-                    </table>
+                    </table></div>
                 }.into_any()
             } />
             <Show when=move || app.can_manage()>
