@@ -38,6 +38,11 @@ pub struct Settings {
     pub monitoring: MonitoringSettings,
     /// Which hosts and addresses outbound calls may reach (`[egress]`).
     pub egress: crate::egress::EgressSettings,
+    /// `redis://host:port/db`: per-key rate limits and quotas shared by every
+    /// instance (O5). Unset, each instance limits on its own (one instance).
+    pub redis_url: Option<SecretString>,
+    /// Several instances on one PostgreSQL database (O5).
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -56,6 +61,47 @@ impl Default for Settings {
             billing: BillingSettings::default(),
             monitoring: MonitoringSettings::default(),
             egress: crate::egress::EgressSettings::default(),
+            redis_url: None,
+            cluster: ClusterSettings::default(),
+        }
+    }
+}
+
+/// Instances sharing one PostgreSQL database and Redis (O5, docs/DEPLOY.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterSettings {
+    /// Prefix of every Redis key this deployment uses, so several
+    /// deployments (or tests) can share one Redis.
+    pub redis_prefix: String,
+    /// Longest wait for Redis on a call; past it the call is limited by this
+    /// instance alone and Redis counts as down for a second.
+    pub redis_timeout_ms: u64,
+    /// A credit lease of an instance that stopped renewing it returns to the
+    /// balance after this long (PostgreSQL).
+    pub lease_ttl_secs: u64,
+    /// A lease covers the spending of about this long at the recent rate.
+    pub lease_window_ms: u64,
+    /// Largest lease an instance takes at once (micro-credits).
+    pub lease_max_micros: i64,
+    /// An unused lease goes back to the balance after this long without calls.
+    pub lease_idle_secs: u64,
+    /// How often changes are polled while change notifications
+    /// (PostgreSQL LISTEN/NOTIFY) work; `gateway.poll_interval_ms` applies
+    /// while they do not, and on SQLite.
+    pub fallback_poll_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            redis_prefix: "tally".into(),
+            redis_timeout_ms: 200,
+            lease_ttl_secs: 15,
+            lease_window_ms: 2000,
+            lease_max_micros: 100_000_000,
+            lease_idle_secs: 5,
+            fallback_poll_ms: 5000,
         }
     }
 }
