@@ -166,7 +166,7 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) {
                 .expect("record"),
             None => {
                 let mut tx = store.begin().await.expect("begin");
-                tally_store::recording::record_calls(&mut tx, &batch, tally_store::now_ms())
+                tally_store::recording::record_calls(&mut tx, &batch, tally_store::now_ms(), None)
                     .await
                     .expect("record");
                 tx.commit().await.expect("commit");

@@ -246,6 +246,9 @@ pub struct GatewaySettings {
     /// `Application::build` puts it here, so the gateway's clients obey it.
     #[serde(skip)]
     pub egress: std::sync::Arc<crate::egress::Egress>,
+    /// `cluster.fallback_poll_ms`, put here by `Application::build`.
+    #[serde(skip)]
+    pub fallback_poll_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -271,6 +274,7 @@ impl Default for GatewaySettings {
             max_event_bytes: 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             egress: std::sync::Arc::default(),
+            fallback_poll_ms: 5000,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the same way the binary does.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod error;
@@ -56,6 +57,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // Before any task records a metric.
+        telemetry::metrics_handle();
         // A policy or an outbound URL that cannot stand stops the start
         // before anything is written.
         let egress = Arc::new(egress::Egress::new(&settings.egress).map_err(anyhow::Error::msg)?);
@@ -80,7 +83,7 @@ impl Application {
             .database_url()
             .context("cannot create the data directory")?;
         let store = Store::connect(&ConnectOptions {
-            url,
+            url: url.clone(),
             max_connections: settings.database_max_connections,
         })
         .await
@@ -136,7 +139,24 @@ impl Application {
 
         let mut gateway_settings = settings.gateway.clone();
         gateway_settings.egress = egress.clone();
-        let accounts = Arc::new(services::accounts::Accounts::new(store.clone()));
+        gateway_settings.fallback_poll_ms = settings.cluster.fallback_poll_ms;
+        // On PostgreSQL every instance spends from credit leases, one alone
+        // as well as several (O5); SQLite is one instance, exact in memory.
+        let instance = cluster::Cluster::new_instance_id();
+        let accounts = Arc::new(match store.backend() {
+            tally_store::Backend::Sqlite => services::accounts::Accounts::new(store.clone()),
+            tally_store::Backend::Postgres => services::accounts::Accounts::leased(
+                store.clone(),
+                services::accounts::Leasing {
+                    instance: instance.clone(),
+                    window: std::time::Duration::from_millis(
+                        settings.cluster.lease_window_ms.max(1),
+                    ),
+                    max: settings.cluster.lease_max_micros.max(1),
+                    idle: std::time::Duration::from_secs(settings.cluster.lease_idle_secs),
+                },
+            ),
+        });
         let gateway = gateway::Gateway::new(
             store.clone(),
             gateway_settings,
@@ -146,15 +166,30 @@ impl Application {
         .await
         .context("cannot load the catalog")?;
         gateway.start_background();
-        monitoring::start_pruner(store.clone(), settings.monitoring.clone());
-        let check_every =
-            std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
-        services::billing::start_alert_checker(store.clone(), check_every);
-        upkeep::start(store.clone(), gateway.clone(), check_every);
 
         let listener = TcpListener::bind(&settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
         let addr = listener.local_addr()?;
+        let cluster = cluster::Cluster::join(
+            store.clone(),
+            url,
+            instance,
+            base_url(addr),
+            settings.cluster.clone(),
+        )
+        .await
+        .context("cannot register this instance")?;
+        cluster.start(&gateway);
+        let leadership = cluster.leadership.clone();
+        monitoring::start_pruner(
+            store.clone(),
+            settings.monitoring.clone(),
+            leadership.clone(),
+        );
+        let check_every =
+            std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
+        services::billing::start_alert_checker(store.clone(), check_every, leadership.clone());
+        upkeep::start(store.clone(), gateway.clone(), check_every, leadership);
         auth::bootstrap::prepare_setup(&store, &settings, &base_url(addr))
             .await
             .context("cannot prepare the setup token")?;
@@ -165,12 +200,12 @@ impl Application {
             accounts,
             throttle,
             gateway,
+            cluster,
             egress,
             settings: Arc::new(settings),
             started_at: chrono::Utc::now(),
             started: Instant::now(),
         });
-        telemetry::metrics_handle();
         let server = {
             let state = state.clone();
             HttpServer::new(move || app(state.clone()))
@@ -201,8 +236,12 @@ impl Application {
         &self.state.gateway
     }
 
+    /// Serves until the server stops (SIGINT or SIGTERM: in-flight requests
+    /// finish), then leaves the cluster, returning this instance's leases.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let done = self.server.await;
+        self.state.cluster.leave().await;
+        done
     }
 }
 

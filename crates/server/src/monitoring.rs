@@ -12,6 +12,7 @@ use std::time::Duration;
 use tally_store::monitoring::Cutoffs;
 use tally_store::Store;
 
+use crate::cluster::Leadership;
 use crate::config::MonitoringSettings;
 
 fn cutoff(now: i64, days: u32) -> Option<i64> {
@@ -34,14 +35,19 @@ pub async fn prune_once(store: &Store, s: &MonitoringSettings) -> tally_store::R
     tally_store::monitoring::prune(&mut conn, cutoffs).await
 }
 
-/// Starts the pruning task on the current runtime.
-pub fn start_pruner(store: Store, settings: MonitoringSettings) {
+/// Starts the pruning task on the current runtime; it prunes while this
+/// instance leads the upkeep (O5).
+pub fn start_pruner(store: Store, settings: MonitoringSettings, leadership: Leadership) {
     tokio::spawn(async move {
         let period = Duration::from_secs(settings.prune_interval_secs.max(1));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !leadership.is_leader() {
+                continue;
+            }
+            metrics::counter!("tally_upkeep_rounds_total", "task" => "retention").increment(1);
             match prune_once(&store, &settings).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned old usage events and rollups"),

@@ -20,6 +20,8 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub throttle: Arc<AuthThrottle>,
     pub gateway: Arc<Gateway>,
+    /// This instance among several (O5).
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// The egress policy and its clients (price feed, upstream validation).
     pub egress: Arc<crate::egress::Egress>,
     pub settings: Arc<Settings>,

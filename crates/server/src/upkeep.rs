@@ -3,11 +3,12 @@
 //!
 //! Policy: one loop per instance, every `billing.alert_check_interval_ms`,
 //! calling the services that do the work (`services::credits`,
-//! `services::subscriptions`). Each step is safe to run from several
-//! instances at once: an expiry is taken by one conditional UPDATE of its
-//! grant, a pause or resume is reported by one conditional UPDATE of the
-//! seller's state, a renewal is claimed by one conditional UPDATE of its
-//! subscription.
+//! `services::subscriptions`); it works only while this instance leads the
+//! upkeep (`crate::cluster::Leadership`), so on several instances one does it.
+//! Each step is also safe should two overlap while the leadership moves: an
+//! expiry is taken by one conditional UPDATE of its grant, a pause or resume is
+//! reported by one conditional UPDATE of the seller's state, a renewal is
+//! claimed by one conditional UPDATE of its subscription.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tally_common::{Environment, Severity};
 use tally_store::events::NewEvent;
 use tally_store::Store;
 
+use crate::cluster::Leadership;
 use crate::error::ApiResult;
 use crate::gateway::Gateway;
 use crate::services::{self, billing::credits};
@@ -40,6 +42,7 @@ pub async fn check_seller(
         return Ok(());
     }
     if tally_store::sellers::set_paused(&mut tx, seller, paused).await? {
+        tally_store::cluster::notify(&mut tx, &format!("seller:{seller}")).await?;
         let critical = credits(gateway.settings().seller_critical_balance_micros);
         let (kind, severity, message) = if paused {
             (
@@ -96,7 +99,7 @@ pub async fn run_once(
 }
 
 /// Starts the upkeep loop on the current runtime.
-pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration) {
+pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration, leadership: Leadership) {
     let gateway = Arc::downgrade(&gateway);
     tokio::spawn(async move {
         let mut seen = HashMap::new();
@@ -107,6 +110,12 @@ pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration) {
             let Some(gateway) = gateway.upgrade() else {
                 return;
             };
+            if !leadership.is_leader() {
+                // Another instance may change what was seen meanwhile.
+                seen.clear();
+                continue;
+            }
+            metrics::counter!("tally_upkeep_rounds_total", "task" => "credits").increment(1);
             if let Err(e) = run_once(&store, &gateway, &mut seen).await {
                 tracing::warn!(error = %e, "credit upkeep failed");
             }

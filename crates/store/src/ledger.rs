@@ -84,14 +84,7 @@ pub async fn add_to_balance(
     environment: Environment,
     delta: i64,
 ) -> Result<i64> {
-    let row = sqlx::query(crate::recording::ADD_TO_BALANCE)
-        .bind(namespace_id)
-        .bind(environment.as_str())
-        .bind(delta)
-        .bind(now_ms())
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(row.try_get("balance_micros")?)
+    crate::recording::move_balance(conn, namespace_id, environment, delta, now_ms()).await
 }
 
 /// Appends one entry and moves the balance with it. Run it in a transaction.

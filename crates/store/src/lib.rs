@@ -17,6 +17,7 @@ pub mod auto_topups;
 pub mod billing;
 pub mod bonuses;
 pub mod catalog;
+pub mod cluster;
 pub mod events;
 pub mod keys;
 pub mod ledger;

@@ -95,10 +95,12 @@ impl SqliteRecorder {
             self.bind(&s)?.raw_execute()?;
         }
         let mut balances = Vec::new();
-        for s in plan.balance_updates(now) {
-            let mut stmt = self.bind(&s)?;
+        for (s, (ns, env)) in plan.balance_updates(now, &[]).iter().zip(plan.accounts()) {
+            let mut stmt = self.bind(s)?;
             let mut rows = stmt.raw_query();
-            let row = rows.next()?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            let row = rows
+                .next()?
+                .ok_or_else(|| crate::recording::no_balance(ns, env))?;
             balances.push(row.get::<_, i64>(0)?);
         }
         for s in plan.ledger(&balances, now) {

@@ -86,12 +86,84 @@ const LEDGER_COLUMNS: [&str; 9] = [
     "memo",
 ];
 
-/// Adds `delta` to an account's balance and returns the new balance.
-pub const ADD_TO_BALANCE: &str = "INSERT INTO balances (namespace_id, environment, \
-     balance_micros, updated_at) VALUES ($1, $2, $3, $4) \
+/// Adds `$3` (a credit, zero or more) to an account's balance, creating its
+/// row, and returns the new balance.
+const ADD_TO_BALANCE: &str = "INSERT INTO balances (namespace_id, environment, \
+     balance_micros, updated_at, reserved_micros) VALUES ($1, $2, $3, $4, 0) \
      ON CONFLICT (namespace_id, environment) \
      DO UPDATE SET balance_micros = balances.balance_micros + $3, updated_at = $4 \
      RETURNING balance_micros";
+
+/// Adds `$1` (a debit, below zero) to an existing account's balance and
+/// returns the new balance; `$3` of it was spent from credit leases, so it
+/// leaves the account's reservation too (O5; always 0 on one instance). A
+/// debit is never an insert: the row to insert would break the balance's
+/// floor before any conflict turned it into an update, and an account with
+/// no row has nothing to take. No row returned means nothing was there.
+const SUBTRACT_FROM_BALANCE: &str = "UPDATE balances SET \
+     balance_micros = balance_micros + $1, updated_at = $2, \
+     reserved_micros = reserved_micros - $3 \
+     WHERE namespace_id = $4 AND environment = $5 RETURNING balance_micros";
+
+/// The statement that moves an account's balance by `delta` (`leased` of a
+/// debit came out of credit leases) and returns the new balance.
+pub fn balance_statement(
+    ns: &str,
+    env: Environment,
+    delta: i64,
+    now: i64,
+    leased: i64,
+) -> Statement<'_> {
+    if delta < 0 {
+        Statement {
+            sql: SUBTRACT_FROM_BALANCE.to_owned(),
+            params: vec![
+                Param::Int(delta),
+                Param::Int(now),
+                Param::Int(leased),
+                Param::Text(Some(ns)),
+                Param::Text(Some(env.as_str())),
+            ],
+        }
+    } else {
+        Statement {
+            sql: ADD_TO_BALANCE.to_owned(),
+            params: vec![
+                Param::Text(Some(ns)),
+                Param::Text(Some(env.as_str())),
+                Param::Int(delta),
+                Param::Int(now),
+            ],
+        }
+    }
+}
+
+/// A debit of an account that has no balance row.
+pub fn no_balance(ns: &str, env: Environment) -> crate::StoreError {
+    crate::StoreError::Conflict(format!("no {env} balance to debit for namespace {ns}"))
+}
+
+/// Moves an account's balance by `delta` through sqlx ([`balance_statement`]);
+/// the new balance.
+pub async fn move_balance(
+    conn: &mut AnyConnection,
+    ns: &str,
+    env: Environment,
+    delta: i64,
+    now: i64,
+) -> Result<i64> {
+    let s = balance_statement(ns, env, delta, now, 0);
+    match bind(&s).fetch_optional(&mut *conn).await? {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Err(no_balance(ns, env)),
+    }
+}
+
+/// Takes `$1` spent by calls out of an instance's lease on an account, if the
+/// lease still holds that much (O5).
+const SPEND_LEASE: &str = "UPDATE credit_leases SET amount_micros = amount_micros - $1, \
+     updated_at = $2 WHERE instance_id = $3 AND namespace_id = $4 AND environment = $5 \
+     AND amount_micros >= $1";
 
 /// `($1,…,$arity),($arity+1,…)` for `rows` rows.
 fn values(rows: usize, arity: usize) -> String {
@@ -146,6 +218,15 @@ pub struct Plan<'a> {
     lines: Vec<Line<'a>>,
     /// Each account the batch moves and by how much, in lock order.
     totals: Vec<(&'a str, Environment, i64)>,
+}
+
+/// What a batch's calls spent of one account's holds (the `usage` entries),
+/// which on several instances came out of this instance's credit lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent<'a> {
+    pub namespace_id: &'a str,
+    pub environment: Environment,
+    pub micros: i64,
 }
 
 impl<'a> Plan<'a> {
@@ -229,19 +310,46 @@ impl<'a> Plan<'a> {
         out
     }
 
-    /// One [`ADD_TO_BALANCE`] per account the batch moves; each returns the
-    /// account's new balance, to be handed to [`Plan::ledger`] in this order.
-    pub fn balance_updates(&self, now: i64) -> Vec<Statement<'a>> {
+    /// The accounts the batch moves, in the order of [`Plan::balance_updates`].
+    pub fn accounts(&self) -> Vec<(&'a str, Environment)> {
+        self.totals.iter().map(|&(ns, env, _)| (ns, env)).collect()
+    }
+
+    /// What the batch spent of each account's holds, in [`Plan::totals`] order
+    /// (accounts that only earned are left out).
+    pub fn spent(&self) -> Vec<Spent<'a>> {
+        let mut out: Vec<Spent<'a>> = Vec::new();
+        for &(ns, env, _) in &self.totals {
+            let micros: i64 = self
+                .lines
+                .iter()
+                .filter(|l| l.kind == "usage" && l.namespace_id == ns && l.environment == env)
+                .map(|l| -l.amount)
+                .sum();
+            if micros > 0 {
+                out.push(Spent {
+                    namespace_id: ns,
+                    environment: env,
+                    micros,
+                });
+            }
+        }
+        out
+    }
+
+    /// One [`balance_statement`] per account the batch moves; each returns
+    /// the account's new balance, to be handed to [`Plan::ledger`] in this
+    /// order. `from_leases` lists what was taken out of credit leases
+    /// ([`Spent`] entries whose lease held them); empty on one instance.
+    pub fn balance_updates(&self, now: i64, from_leases: &[Spent<'_>]) -> Vec<Statement<'a>> {
         self.totals
             .iter()
-            .map(|&(ns, env, delta)| Statement {
-                sql: ADD_TO_BALANCE.to_owned(),
-                params: vec![
-                    Param::Text(Some(ns)),
-                    Param::Text(Some(env.as_str())),
-                    Param::Int(delta),
-                    Param::Int(now),
-                ],
+            .map(|&(ns, env, delta)| {
+                let leased = from_leases
+                    .iter()
+                    .find(|s| s.namespace_id == ns && s.environment == env)
+                    .map_or(0, |s| s.micros);
+                balance_statement(ns, env, delta, now, leased)
             })
             .collect()
     }
@@ -375,16 +483,50 @@ impl CallRecord {
 }
 
 /// Records a batch of (cleaned) calls through sqlx: the statements of
-/// [`Plan`], the same the SQLite writer runs. Run it in a
-/// transaction.
-pub async fn record_calls(conn: &mut AnyConnection, calls: &[CallRecord], now: i64) -> Result<()> {
+/// [`Plan`], the same the SQLite writer runs. Run it in a transaction.
+///
+/// `lease_holder` is this instance when its holds come from credit leases
+/// (O5): what the calls spent leaves the lease and the account's reservation
+/// with the balance. A lease that no longer holds it (taken back from an
+/// instance that stopped heartbeating) leaves both alone, and the balance's
+/// own floor is then the last guard.
+pub async fn record_calls(
+    conn: &mut AnyConnection,
+    calls: &[CallRecord],
+    now: i64,
+    lease_holder: Option<&str>,
+) -> Result<()> {
     let mut plan = Plan::new(calls);
     for s in plan.writes() {
         bind(&s).execute(&mut *conn).await?;
     }
+    let mut from_leases = Vec::new();
+    if let Some(instance) = lease_holder {
+        for spent in plan.spent() {
+            let taken = sqlx::query(SPEND_LEASE)
+                .bind(spent.micros)
+                .bind(now)
+                .bind(instance)
+                .bind(spent.namespace_id)
+                .bind(spent.environment.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if taken == 1 {
+                from_leases.push(spent);
+            }
+        }
+    }
     let mut balances = Vec::new();
-    for s in plan.balance_updates(now) {
-        balances.push(bind(&s).fetch_one(&mut *conn).await?.try_get(0)?);
+    for (s, (ns, env)) in plan
+        .balance_updates(now, &from_leases)
+        .iter()
+        .zip(plan.accounts())
+    {
+        match bind(s).fetch_optional(&mut *conn).await? {
+            Some(row) => balances.push(row.try_get(0)?),
+            None => return Err(no_balance(ns, env)),
+        }
     }
     for s in plan.ledger(&balances, now) {
         bind(&s).execute(&mut *conn).await?;
@@ -466,7 +608,8 @@ mod tests {
             .collect();
         let mut plan = Plan::new(&calls);
         let mut all = plan.writes();
-        let updates = plan.balance_updates(5);
+        let spent = plan.spent();
+        let updates = plan.balance_updates(5, &spent);
         let balances: Vec<i64> = updates.iter().map(|_| 1_000).collect();
         all.extend(updates);
         all.extend(plan.ledger(&balances, 5));
@@ -485,6 +628,21 @@ mod tests {
                 .max()
                 .unwrap();
             assert_eq!(highest, s.params.len(), "{}", s.sql);
+            // SQLite numbers `$N` by first appearance: they must appear in order.
+            let mut first_seen: Vec<usize> = Vec::new();
+            for p in s.sql.split('$').skip(1) {
+                let n: usize = p
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .unwrap();
+                if !first_seen.contains(&n) {
+                    first_seen.push(n);
+                }
+            }
+            let expected: Vec<usize> = (1..=first_seen.len()).collect();
+            assert_eq!(first_seen, expected, "{}", s.sql);
         }
     }
 

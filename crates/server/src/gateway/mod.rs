@@ -28,6 +28,7 @@ mod stream;
 mod wire;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,9 @@ pub use wire::{Endpoint, Inbound, Reply, ReplyBody, Summary};
 const MAX_PATH: usize = 2048;
 /// Longest model name.
 const MAX_MODEL: usize = 200;
+/// How old a seller's shared balance may be when its serving state is
+/// decided (several instances, O5).
+const SELLER_STATE_AGE: Duration = Duration::from_millis(500);
 
 pub struct Gateway {
     store: Store,
@@ -63,6 +67,11 @@ pub struct Gateway {
     catalog: RwLock<Arc<Catalog>>,
     client: reqwest::Client,
     settings: GatewaySettings,
+    /// Whether change notifications arrive (several instances, O5): the
+    /// change poll is then only a fallback.
+    pushed: AtomicBool,
+    /// Wakes the change poller at once.
+    poll_wake: tokio::sync::Notify,
 }
 
 /// Text a caller chose that the gateway keeps (a path, a model name): at
@@ -87,9 +96,10 @@ impl Gateway {
         catalog_sync(&store, config_apis).await?;
         let catalog = load_catalog(&store).await?;
         let client = upstream_client(&settings.egress)?;
+        let lease_holder = accounts.leasing().map(|l| l.instance.clone());
         let settler = Settler::new(
             accounts,
-            Recorder::start(store.clone())?,
+            Recorder::start(store.clone(), lease_holder)?,
             settings.platform_fee_bps,
         );
         Ok(Arc::new(Gateway {
@@ -100,6 +110,8 @@ impl Gateway {
             client,
             store,
             settings,
+            pushed: AtomicBool::new(false),
+            poll_wake: tokio::sync::Notify::new(),
         }))
     }
 
@@ -129,18 +141,44 @@ impl Gateway {
         Ok(())
     }
 
+    /// Change notifications arrive (true) or not (false): see `crate::cluster`.
+    pub fn set_pushed(&self, pushed: bool) {
+        self.pushed.store(pushed, Ordering::Relaxed);
+    }
+
+    /// Polls for changes now (after change notifications were missed).
+    pub fn poll_now(&self) {
+        self.poll_wake.notify_one();
+    }
+
     /// Starts the change poller (keys, catalog), the upstream health probes
-    /// and the sweep of idle accounts.
+    /// and the sweep of idle accounts. The poller looks every
+    /// `gateway.poll_interval_ms` while changes are not pushed, and every
+    /// `cluster.fallback_poll_ms` while they are.
     pub fn start_background(self: &Arc<Self>) {
         let gw = Arc::downgrade(self);
         let every = Duration::from_millis(self.settings.poll_interval_ms.max(50));
+        let fallback = Duration::from_millis(self.settings.fallback_poll_ms.max(50));
         tokio::spawn(async move {
             let mut since = tally_store::now_ms();
+            let mut last = Instant::now();
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let woken = {
+                    let Some(gw) = gw.upgrade() else { return };
+                    let wake = gw.poll_wake.notified();
+                    tokio::pin!(wake);
+                    tokio::select! {
+                        _ = tick.tick() => false,
+                        () = &mut wake => true,
+                    }
+                };
                 let Some(gw) = gw.upgrade() else { return };
+                if !woken && gw.pushed.load(Ordering::Relaxed) && last.elapsed() < fallback {
+                    continue;
+                }
+                last = Instant::now();
                 if let Err(e) = gw.poll_changes(&mut since).await {
                     tracing::warn!(error = %e, "gateway change poll failed");
                 }
@@ -626,8 +664,14 @@ impl Gateway {
     /// Whether a seller's live serving is paused (C8): its live balance is
     /// below `seller_critical_balance_micros`. Read from the in-memory account,
     /// so it changes with the very call or top-up that crosses the level.
+    /// With several instances the shared balance is read at most every
+    /// [`SELLER_STATE_AGE`] per seller (at once after a change this instance
+    /// made or another announced).
     pub async fn seller_paused(&self, seller: &str) -> tally_store::Result<bool> {
-        let (balance, _) = self.accounts().snapshot(seller, Environment::Live).await?;
+        let balance = self
+            .accounts()
+            .balance(seller, Environment::Live, SELLER_STATE_AGE)
+            .await?;
         Ok(balance < self.settings.seller_critical_balance_micros)
     }
 

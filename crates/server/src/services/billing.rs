@@ -23,6 +23,7 @@ use tally_common::{Currency, Environment, ErrorCode, Severity};
 use tally_store::events::NewEvent;
 use tally_store::Store;
 
+use crate::cluster::Leadership;
 use crate::config::BillingSettings;
 use crate::egress::Egress;
 use crate::error::{ApiError, ApiResult};
@@ -302,13 +303,18 @@ pub async fn check_alerts(store: &Store) -> ApiResult<()> {
     Ok(())
 }
 
-/// Starts the background low-balance check on the current runtime.
-pub fn start_alert_checker(store: Store, interval: Duration) {
+/// Starts the background low-balance check on the current runtime; it runs
+/// while this instance leads the upkeep (O5).
+pub fn start_alert_checker(store: Store, interval: Duration, leadership: Leadership) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !leadership.is_leader() {
+                continue;
+            }
+            metrics::counter!("tally_upkeep_rounds_total", "task" => "alerts").increment(1);
             if let Err(e) = check_alerts(&store).await {
                 tracing::warn!(error = %e, "low-balance check failed");
             }

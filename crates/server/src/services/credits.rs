@@ -11,7 +11,11 @@
 //!   whose client goes away cannot stop between the two and leave the
 //!   account behind the ledger.
 //! - A debit outside the gateway (a bonus expiry) takes a hold like a call,
-//!   so it never takes credits that calls in flight have reserved.
+//!   so it never takes credits that calls in flight have reserved; on several
+//!   instances it takes what no instance has reserved, under the balance row's
+//!   lock.
+//! - A credit is announced to the other instances (O5) when it commits, so
+//!   one that was refusing the namespace's calls looks at the balance again.
 //! - A credit may lift a balance back over a low-balance threshold, so the
 //!   balance rules are checked after it (C5).
 
@@ -114,12 +118,23 @@ pub async fn credit(
             },
         )
         .await?;
+        announce_credit(&mut tx, &c.namespace_id, c.environment).await?;
         tx.commit().await?;
         pinned.credit(c.amount_micros);
         after_credit(&store, &c.namespace_id, c.environment).await;
         Ok(Ok(row))
     })
     .await
+}
+
+/// Tells the other instances (O5) that the account's balance grew, when the
+/// transaction commits: one of them may be refusing its calls.
+async fn announce_credit(
+    conn: &mut AnyConnection,
+    ns: &str,
+    env: Environment,
+) -> tally_store::Result<()> {
+    tally_store::cluster::notify(conn, &format!("balance:{ns}:{env}")).await
 }
 
 /// The balance rules after a credit (C5); a failure is logged, the credit stands.
@@ -304,6 +319,7 @@ pub async fn deposit(
             },
         )
         .await?;
+        announce_credit(&mut tx, ns, env).await?;
         tx.commit().await?;
         pinned.credit(credited);
         after_credit(&store, ns, env).await;
@@ -338,9 +354,18 @@ pub async fn expire_bonuses(
         .into_iter()
         .filter(|g| g.status == "active" && g.expires_at.is_some_and(|t| t <= now))
     {
+        // Several instances: this one's spare lease goes back first, so the
+        // expiry can take it.
+        accounts.return_lease(ns, env).await?;
         let hold = accounts.hold_up_to(ns, env, g.remaining_micros).await?;
-        let taken = hold.amount();
+        let mut taken = hold.amount();
         let mut tx = store.begin().await?;
+        if accounts.leasing().is_some() {
+            // Several instances: take what no instance has reserved, under
+            // the balance row's lock.
+            let free = tally_store::cluster::lock_unreserved(&mut tx, ns, env).await?;
+            taken = taken.min(free).max(0);
+        }
         if !tally_store::bonuses::mark_expired(&mut tx, &g.id, taken).await? {
             // Another instance expired it; dropping the hold releases it.
             continue;

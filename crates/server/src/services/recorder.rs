@@ -73,13 +73,14 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writer: a thread with its own connection on SQLite, a task
-    /// on the current runtime on PostgreSQL.
-    pub fn start(store: Store) -> anyhow::Result<Self> {
+    /// on the current runtime on PostgreSQL. `lease_holder` is this instance
+    /// when holds come from its credit leases (O5): captures leave them too.
+    pub fn start(store: Store, lease_holder: Option<String>) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         match store.sqlite_file() {
             Some(path) => start_sqlite(path, rx)?,
             None => {
-                tokio::spawn(run(store, rx));
+                tokio::spawn(run(store, lease_holder, rx));
             }
         }
         Ok(Recorder { tx })
@@ -208,14 +209,14 @@ fn start_sqlite(path: &Path, mut rx: mpsc::UnboundedReceiver<Job>) -> anyhow::Re
     Ok(())
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(store: Store, lease_holder: Option<String>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(64);
     while let Some(first) = rx.recv().await {
         batch(first, &mut rx, &mut jobs);
         let calls: Vec<CallRecord> = jobs.iter().map(|j| j.call.clone()).collect();
         let ok = isolate(
             &calls,
-            |c| commit(&store, c),
+            |c| commit(&store, lease_holder.as_deref(), c),
             |attempt| tokio::time::sleep(backoff(attempt)),
         )
         .await;
@@ -223,9 +224,14 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-async fn commit(store: &Store, calls: &[CallRecord]) -> tally_store::Result<()> {
+async fn commit(
+    store: &Store,
+    lease_holder: Option<&str>,
+    calls: &[CallRecord],
+) -> tally_store::Result<()> {
     let mut tx = store.begin().await?;
-    tally_store::recording::record_calls(&mut tx, calls, tally_store::now_ms()).await?;
+    tally_store::recording::record_calls(&mut tx, calls, tally_store::now_ms(), lease_holder)
+        .await?;
     tx.commit().await?;
     Ok(())
 }

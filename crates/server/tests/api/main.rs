@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod billing;
 mod bonuses;
+mod cluster;
 mod durability;
 mod egress;
 mod events;

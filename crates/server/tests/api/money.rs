@@ -662,12 +662,16 @@ async fn a_row_the_database_refuses_fails_alone(backend: Backend) {
     store.migrate().await.unwrap();
     let ns = {
         let mut conn = store.conn().await.unwrap();
-        tally_store::namespaces::insert(&mut conn, "n")
+        let ns = tally_store::namespaces::insert(&mut conn, "n")
             .await
             .unwrap()
-            .id
+            .id;
+        tally_store::ledger::add_to_balance(&mut conn, &ns, Environment::Test, 1_000_000)
+            .await
+            .unwrap();
+        ns
     };
-    let recorder = tally_server::services::recorder::Recorder::start(store.clone()).unwrap();
+    let recorder = tally_server::services::recorder::Recorder::start(store.clone(), None).unwrap();
     let record = |i: usize, namespace_id: &str| tally_store::usage::CallRecord {
         id: format!("call_{i:03}"),
         time: tally_store::now_ms(),
@@ -724,7 +728,7 @@ async fn a_row_the_database_refuses_fails_alone(backend: Backend) {
         tally_store::ledger::balance(&mut conn, &ns, Environment::Test)
             .await
             .unwrap(),
-        -39 * 5
+        1_000_000 - 39 * 5
     );
 }
 
@@ -939,6 +943,21 @@ async fn both_writers_leave_identical_rows_for_the_same_calls() {
             .await
             .unwrap();
         }
+        // Callers have credits to pay with: a debit never makes a balance
+        // negative.
+        for id in ["ns_a", "ns_b"] {
+            for env in ["live", "test"] {
+                tally_store::sqlx::query(
+                    "INSERT INTO balances (namespace_id, environment, balance_micros, updated_at) \
+                     VALUES ($1, $2, 1000000000, 0)",
+                )
+                .bind(id)
+                .bind(env)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+        }
         drop(conn);
         store
     };
@@ -985,7 +1004,7 @@ async fn both_writers_leave_identical_rows_for_the_same_calls() {
     }
     for batch in calls.chunks(70) {
         let mut tx = pg_store.begin().await.unwrap();
-        tally_store::recording::record_calls(&mut tx, batch, now)
+        tally_store::recording::record_calls(&mut tx, batch, now, None)
             .await
             .unwrap();
         tx.commit().await.unwrap();

@@ -351,7 +351,7 @@ fn record(ns: &str, i: usize, time: i64, latency_us: i64) -> CallRecord {
 async fn write(app: &TestApp, records: &[CallRecord]) {
     for chunk in records.chunks(500) {
         let mut tx = app.store.begin().await.unwrap();
-        tally_store::recording::record_calls(&mut tx, chunk, tally_store::now_ms())
+        tally_store::recording::record_calls(&mut tx, chunk, tally_store::now_ms(), None)
             .await
             .unwrap();
         tx.commit().await.unwrap();
