@@ -112,7 +112,14 @@ type Hash = [u8; 32];
 struct Cached {
     info: Arc<KeyInfo>,
     loaded: Instant,
+    /// Wall-clock time (Unix ms) the database read began: what it read was
+    /// committed by then.
+    read_at_ms: i64,
 }
+
+/// How long after its `updated_at` a key change may still commit: a cached
+/// key read later than that already has it (see [`KeyCache::invalidate_changed`]).
+pub const CHANGE_COMMIT_MS: i64 = 2000;
 
 /// Why a database lookup gave no key.
 #[derive(Debug)]
@@ -290,10 +297,12 @@ impl KeyCache {
                 if current.is_some_and(|c| c.value().loaded.elapsed() < ttl) {
                     return Ok(Op::Nop);
                 }
+                let read_at_ms = tally_store::now_ms();
                 Ok(match self.load(hash, client).await? {
                     Some(info) => Op::Put(Cached {
                         info,
                         loaded: Instant::now(),
+                        read_at_ms,
                     }),
                     None => Op::Remove,
                 })
@@ -366,6 +375,25 @@ impl KeyCache {
         {
             // Only possible without `support_invalidation_closures`; drop all
             // rather than serve a revoked key.
+            tracing::error!(error = %e, "key cache invalidation failed; clearing it");
+            self.found.invalidate_all();
+        }
+    }
+
+    /// Drops the cached keys among `changed` (id, `updated_at`) that were
+    /// read before their change could have committed; a key read later
+    /// already has it and stays cached (a poll that looks back over changes
+    /// it may have missed does not drop keys it need not).
+    pub fn invalidate_changed(&self, changed: &[(String, i64)]) {
+        if changed.is_empty() {
+            return;
+        }
+        let changed: std::collections::HashMap<String, i64> = changed.iter().cloned().collect();
+        if let Err(e) = self.found.invalidate_entries_if(move |_, c| {
+            changed
+                .get(&c.info.id)
+                .is_some_and(|&updated| c.read_at_ms < updated.saturating_add(CHANGE_COMMIT_MS))
+        }) {
             tracing::error!(error = %e, "key cache invalidation failed; clearing it");
             self.found.invalidate_all();
         }

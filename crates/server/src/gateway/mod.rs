@@ -211,13 +211,13 @@ impl Gateway {
         // Look back a little: a change committed late with an earlier
         // timestamp must not slip past the watermark. Dropping a key twice is harmless.
         let polled_at = tally_store::now_ms();
-        let changed = tally_store::keys::changed_since(&mut conn, *since - 2000).await?;
-        let ids: HashSet<String> = changed.iter().map(|(id, _)| id.clone()).collect();
+        let changed =
+            tally_store::keys::changed_since(&mut conn, *since - keys::CHANGE_COMMIT_MS).await?;
         // The watermark is the time of this poll, not of the newest change:
         // that one would stay the watermark while nothing else changed, and
         // its key would be dropped and read again at every poll.
         *since = (*since).max(polled_at);
-        self.keys.invalidate(&ids);
+        self.keys.invalidate_changed(&changed);
         let version = tally_store::catalog::version(&mut conn).await?;
         drop(conn);
         if version != self.catalog().version {
