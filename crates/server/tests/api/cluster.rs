@@ -602,3 +602,103 @@ async fn a_clean_shutdown_returns_the_lease() {
     let (balance, _, ledger) = account(&db, &ns).await;
     assert_eq!((balance, ledger), (99 * 1000, 99 * 1000));
 }
+
+/// The lease rule itself: at most half of what is unreserved, in whole
+/// holds, at least what the hold lacks; nothing when that is not there; the
+/// reservation always the sum of the leases, and a release gives back at
+/// most what the lease holds.
+#[tokio::test]
+async fn leases_take_at_most_half_of_what_is_free_in_whole_holds() {
+    use tally_common::Environment::Test;
+    use tally_store::cluster::{acquire, release, LeaseRequest};
+    let Some(db) = cluster_database().await else {
+        return;
+    };
+    let store = tally_store::Store::connect(&tally_store::ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let ns = tally_store::namespaces::insert(&mut conn, "n")
+        .await
+        .unwrap()
+        .id;
+    tally_store::ledger::add_to_balance(&mut conn, &ns, Test, 1005)
+        .await
+        .unwrap();
+    let ask = |instance: &'static str, need: i64, want: i64, unit: i64| LeaseRequest {
+        instance,
+        ns: &ns,
+        env: Test,
+        need,
+        want,
+        unit,
+        now: 1,
+    };
+    // Half of 1,005 is 502: 10 plus 49 whole holds of 10.
+    assert_eq!(
+        acquire(&mut conn, &ask("a", 10, 10_000, 10)).await.unwrap(),
+        Some(500)
+    );
+    // Free 505: half is 252, so 250; the rate asks only 40, so 40.
+    assert_eq!(
+        acquire(&mut conn, &ask("b", 10, 40, 10)).await.unwrap(),
+        Some(40)
+    );
+    assert_eq!(
+        acquire(&mut conn, &ask("b", 10, 10_000, 10)).await.unwrap(),
+        Some(230)
+    );
+    // Free 235: a hold that needs more than half still gets what it needs.
+    assert_eq!(
+        acquire(&mut conn, &ask("a", 200, 200, 200)).await.unwrap(),
+        Some(200)
+    );
+    // Free 35: not enough for 40.
+    assert_eq!(
+        acquire(&mut conn, &ask("c", 40, 40, 40)).await.unwrap(),
+        None
+    );
+    let (balance, reserved) = tally_store::cluster::balance(&mut conn, &ns, Test)
+        .await
+        .unwrap();
+    assert_eq!((balance, reserved), (1005, 970));
+    let leases: i64 = tally_store::sqlx::query_scalar(
+        "SELECT CAST(SUM(amount_micros) AS BIGINT) FROM credit_leases WHERE namespace_id = $1",
+    )
+    .bind(&ns)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(leases, reserved, "the reservation is the sum of the leases");
+    // A release gives back at most what the lease holds.
+    assert_eq!(
+        release(&mut conn, "b", &ns, Test, 1000, 2).await.unwrap(),
+        270
+    );
+    assert_eq!(
+        release(&mut conn, "b", &ns, Test, 1000, 2).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        tally_store::cluster::balance(&mut conn, &ns, Test)
+            .await
+            .unwrap(),
+        (1005, 700)
+    );
+    // The database refuses reserving more than the balance, whatever asks.
+    let over = tally_store::sqlx::query(
+        "UPDATE balances SET reserved_micros = balance_micros + 1 WHERE namespace_id = $1",
+    )
+    .bind(&ns)
+    .execute(&mut *conn)
+    .await;
+    assert!(over.is_err(), "reserved above the balance is refused");
+    let negative = tally_store::ledger::add_to_balance(&mut conn, &ns, Test, -2000).await;
+    assert!(negative.is_err(), "a negative balance is refused");
+    drop(conn);
+    store.close().await;
+}
