@@ -1,16 +1,26 @@
-//! `cargo xtask bench-gateway`: what the gateway adds to a call (G6).
+//! `cargo xtask bench-gateway`: what the gateway adds to a call (G6), on SQLite and, with
+//! `--postgres URL`, on PostgreSQL with one and with several instances (O5).
 //!
-//! Policy: this measures and reports; it never fails because of speed. It fails only when the
-//! setup cannot be done (build, server start, sign-up, …). Non-2xx answers and transport errors
-//! are counted and printed next to the figures, never dropped, and at the end the usage the
-//! server recorded is compared with the 2xx answers oha saw (an acknowledged call must never be
-//! missing from usage, G4).
+//! Policy: this measures and reports; it never fails because of speed. It fails when the setup
+//! cannot be done (build, server start, sign-up, database, …) and when a correctness check
+//! fails, after printing every figure: the usage the server recorded must equal the 2xx answers
+//! oha saw (an acknowledged call must never be missing from usage, G4), the live credits spent
+//! must equal the recorded costs, and on PostgreSQL the stored balance must equal the sum of
+//! the ledger once every instance has stopped. Non-2xx answers and transport errors are counted
+//! and printed next to the figures, never dropped.
 //!
-//! Placement on a 2-core machine: `tally serve` pinned to CPU 0, oha pinned to CPU 1, the mock
-//! upstream (threads of this process) wherever the scheduler puts it. The mock answers in
-//! microseconds, so "gateway minus direct" is the gateway's own cost: key check, rate limit,
-//! quota, credit hold and capture, the extra hop, and the durable usage write. The live key's
-//! limits are set far above what the run sends so every check runs and none rejects.
+//! Placement on a 2-core machine: every `tally serve` pinned to CPU 0, every oha pinned to
+//! CPU 1, the mock upstream (threads of this process) wherever the scheduler puts it. The mock
+//! answers in microseconds, so "gateway minus direct" is the gateway's own cost: key check,
+//! rate limit, quota, credit hold and capture, the extra hop, and the durable usage write. The
+//! live key's limits are set far above what the run sends so every check runs and none rejects.
+//!
+//! Several instances (`--instances N`, PostgreSQL only): the first instance creates the
+//! operator, the credits and the key; the others start afterwards on the same database. Latency
+//! (one call at a time) is measured through each instance in turn and the slowest instance's
+//! figures go in the table; throughput is one oha per instance, all at once, the concurrency
+//! split among them and their requests per second summed. With every instance on CPU 0, N
+//! instances show what coordinating through the database costs, not added capacity.
 
 use std::collections::BTreeMap;
 use std::env;
@@ -21,14 +31,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::http1;
 use crate::mock::{MockUpstream, HEALTH_PATH, MODEL};
+use crate::pg::{self, FreshDatabase};
 use crate::{
     build_tally, cargo_install, describe, exec, free_port, note, second_word, show, step, Ctx,
-    Flags,
 };
 
 const API_SLUG: &str = "bench";
@@ -37,6 +47,11 @@ const GRANT_MICROS: i64 = 1_000_000_000_000;
 /// The chat request oha sends, directly and through the gateway.
 const CHAT_BODY: &str =
     r#"{"model":"bench-model","messages":[{"role":"user","content":"Say ok."}],"max_tokens":16}"#;
+/// The bearer token of the direct runs: the mock ignores it, but the request keeps the size
+/// of a gateway call (`tk_live_` and 40 characters).
+const DIRECT_SECRET: &str = "tk_live_direct0000000000000000000000000000000000";
+/// How long a stopping instance may take to finish its calls before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(40);
 
 /// How much load each phase sends.
 #[derive(Clone, Copy)]
@@ -98,9 +113,91 @@ pub fn bench_keyflood(cx: &Ctx, args: &[String]) -> Result<()> {
     exec(&mut cmd)
 }
 
+/// The options of `bench-gateway`.
+#[derive(Debug, PartialEq)]
+struct Options {
+    quick: bool,
+    /// A PostgreSQL server: the run creates a database of its own there and drops it after.
+    postgres: Option<String>,
+    /// Instances on that database; 1 without `--postgres`.
+    instances: usize,
+    /// `redis_url` of the PostgreSQL instances.
+    redis: Option<String>,
+}
+
+const ACCEPTED: &str = "--quick, --postgres URL, --instances N, --redis URL";
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut quick = false;
+        let mut postgres = None;
+        let mut instances = None;
+        let mut redis = None;
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            // `--flag value` or `--flag=value`.
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = || -> Result<String> {
+                match inline.clone().or_else(|| rest.next().cloned()) {
+                    Some(value) if !value.is_empty() => Ok(value),
+                    _ => bail!("{flag} needs a value (accepted: {ACCEPTED})"),
+                }
+            };
+            match flag {
+                "--quick" if inline.is_none() => quick = true,
+                "--postgres" => postgres = Some(value()?),
+                "--redis" => redis = Some(value()?),
+                "--instances" => {
+                    let text = value()?;
+                    let n = text
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .with_context(|| {
+                            format!("--instances takes a whole number of at least 1, not `{text}`")
+                        })?;
+                    instances = Some(n);
+                }
+                _ => bail!("unexpected argument `{arg}` (accepted: {ACCEPTED})"),
+            }
+        }
+        if postgres.is_none() {
+            if instances.is_some() {
+                bail!("--instances needs --postgres URL: several instances share one PostgreSQL database");
+            }
+            if redis.is_some() {
+                bail!("--redis needs --postgres URL: Redis is passed to the PostgreSQL instances");
+            }
+        }
+        Ok(Self {
+            quick,
+            postgres,
+            instances: instances.unwrap_or(1),
+            redis,
+        })
+    }
+}
+
 pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["--quick"])?;
-    let plan = if flags.has("--quick") { QUICK } else { FULL };
+    let opts = Options::parse(args)?;
+    let plan = if opts.quick { QUICK } else { FULL };
+    if opts.instances > plan.concurrency as usize {
+        bail!(
+            "--instances {}: at most {} (the throughput run's concurrency is split among them)",
+            opts.instances,
+            plan.concurrency
+        );
+    }
+    if opts.postgres.is_some() {
+        // Before the long SQLite part, not after it.
+        pg::require_psql(
+            cx,
+            "--postgres is given: the benchmark runs on PostgreSQL too",
+        )?;
+    }
     let pin = Pinning::detect(cx);
 
     step("oha (load generator)");
@@ -124,99 +221,286 @@ pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
     let mock = MockUpstream::start()?;
     note(format!("mock upstream on http://{}", mock.addr));
 
-    let work = TempDir::new("tally-bench")?;
-    let config = work.path.join("tally.toml");
-    fs::write(&config, bench_config(mock.addr))
-        .with_context(|| format!("cannot write {}", config.display()))?;
+    let bench = Bench {
+        cx,
+        pin: &pin,
+        json_flag: &json_flag,
+        plan,
+        mock: &mock,
+        tally: &tally,
+    };
 
-    step("start tally serve (SQLite in a temporary directory)");
-    let mut server = Server::start(cx, &tally, &work.path, &config, &pin)?;
-    note(format!("tally on http://{}", server.addr));
+    step("direct to the mock upstream");
+    let direct = bench.measure("direct to the mock", DIRECT_SECRET, &[mock.addr])?;
 
-    let data_dir = work.path.join("data");
-    let outcome = measure(cx, &pin, &json_flag, plan, &mock, server.addr, &data_dir);
-    // The server is stopped before the report so its log is complete when we show it.
-    server.stop();
-    match outcome {
-        Ok(report) => {
-            report.print(plan);
-            Ok(())
+    let mut backends = vec![bench.sqlite()?];
+    if let Some(server_url) = &opts.postgres {
+        backends.push(bench.postgres(server_url, opts.instances, opts.redis.as_deref())?);
+    }
+
+    let report = Report {
+        pinned: pin.enabled,
+        plan,
+        direct,
+        backends,
+    };
+    let failures = report.print();
+    if !failures.is_empty() {
+        println!();
+        for failure in &failures {
+            println!("FAILED: {failure}");
         }
-        Err(err) => {
+        bail!(
+            "{} correctness check(s) failed: see the FAILED lines above (speed never fails \
+             the benchmark)",
+            failures.len()
+        );
+    }
+    Ok(())
+}
+
+/// What every phase of a run shares.
+struct Bench<'a> {
+    cx: &'a Ctx,
+    pin: &'a Pinning,
+    json_flag: &'a [&'a str],
+    plan: Plan,
+    mock: &'a MockUpstream,
+    tally: &'a Path,
+}
+
+impl Bench<'_> {
+    /// Warm-up and latency (concurrency 1) through each address in turn, then throughput
+    /// through all of them at once: one oha per address, the concurrency split among them.
+    fn measure(&self, label: &str, secret: &str, addrs: &[SocketAddr]) -> Result<Measured> {
+        let oha = Oha {
+            cx: self.cx,
+            pin: self.pin,
+            json_flag: self.json_flag,
+            secret,
+        };
+        let plan = self.plan;
+        let urls: Vec<String> = addrs
+            .iter()
+            .map(|addr| format!("http://{addr}/v1/chat/completions"))
+            .collect();
+        let named = |phase: &str, i: usize| {
+            if urls.len() == 1 {
+                phase.to_string()
+            } else {
+                format!("{phase}, instance {}", i + 1)
+            }
+        };
+        let mut measured = Measured {
+            label: label.to_string(),
+            addrs: addrs.to_vec(),
+            warmup: Vec::new(),
+            latency: Vec::new(),
+            throughput: Vec::new(),
+            shares: split(plan.concurrency, urls.len()),
+        };
+        for (i, url) in urls.iter().enumerate() {
+            let load = Load::Count(plan.warmup, 1);
+            measured
+                .warmup
+                .push(oha.run(&named("warm-up", i), url, load)?);
+        }
+        for (i, url) in urls.iter().enumerate() {
+            let load = Load::Count(plan.latency_requests, 1);
+            measured
+                .latency
+                .push(oha.run(&named("latency", i), url, load)?);
+        }
+        let shares = &measured.shares;
+        measured.throughput = std::thread::scope(|scope| {
+            let running: Vec<_> = urls
+                .iter()
+                .zip(shares)
+                .enumerate()
+                .map(|(i, (url, c))| {
+                    let (oha, label) = (&oha, named("throughput", i));
+                    let load = Load::Seconds(plan.throughput_secs, *c);
+                    scope.spawn(move || oha.run(&label, url, load))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|run| {
+                    run.join()
+                        .unwrap_or_else(|_| Err(anyhow!("an oha run panicked")))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(measured)
+    }
+
+    fn sqlite(&self) -> Result<Backend> {
+        let work = TempDir::new("tally-bench")?;
+        let config = write_config(&work.path, &bench_config(self.mock.addr, None))?;
+        step("start tally serve (SQLite in a temporary directory)");
+        let mut server = Server::start(self.cx, self.tally, &work.path, &config, self.pin, None)?;
+        note(format!("tally on http://{}", server.addr));
+        let outcome = self.run_sqlite(server.addr, &work.path.join("data"));
+        // The server is stopped before the report so its log is complete when we show it.
+        server.stop();
+        if outcome.is_err() {
             server.print_log_tail();
-            Err(err)
         }
+        outcome
+    }
+
+    fn run_sqlite(&self, addr: SocketAddr, data_dir: &Path) -> Result<Backend> {
+        let setup = Setup::create(addr, data_dir)?;
+        let balance_before = setup.live_balance(addr)?;
+        let upstream_before = self.mock.completions();
+        step("through the gateway (SQLite, live key)");
+        let row = self.measure("SQLite, 1 instance", &setup.secret, &[addr])?;
+        let upstream_calls = self.mock.completions() - upstream_before;
+        step("compare recorded usage with the 2xx answers");
+        let recorded = setup.recorded_usage()?;
+        let balance_after = setup.live_balance(addr)?;
+        Ok(Backend {
+            name: "SQLite",
+            rows: vec![row],
+            recorded,
+            upstream_calls,
+            spent_micros: balance_before - balance_after,
+            database: None,
+            stored: Vec::new(),
+            views: Vec::new(),
+            redis_metrics: None,
+        })
+    }
+
+    /// The PostgreSQL runs on a database of their own, dropped at the end, also on error.
+    fn postgres(&self, server_url: &str, instances: usize, redis: Option<&str>) -> Result<Backend> {
+        step(format!(
+            "create a fresh PostgreSQL database on {}",
+            pg::redact(server_url)
+        ));
+        let db = FreshDatabase::create(self.cx, server_url, "tally_bench", "--postgres is given")?;
+        let work = TempDir::new("tally-bench-pg")?;
+        // A prefix of its own, so the run's Redis keys never meet another deployment's.
+        let cluster = redis.map(|url| (url, format!("tally-bench-{}", std::process::id())));
+        let config = write_config(
+            &work.path,
+            &bench_config(
+                self.mock.addr,
+                cluster
+                    .as_ref()
+                    .map(|(url, prefix)| (*url, prefix.as_str())),
+            ),
+        )?;
+        if let Some((url, prefix)) = &cluster {
+            note(format!(
+                "redis_url = {} (key prefix {prefix}) for every PostgreSQL instance",
+                pg::redact(url)
+            ));
+        }
+        // Declared after `db`, so dropped (killed) before the database is.
+        let mut servers = Vec::new();
+        let outcome = self.run_postgres(
+            &db,
+            &work.path,
+            &config,
+            instances,
+            cluster.is_some(),
+            &mut servers,
+        );
+        if outcome.is_err() {
+            for server in &servers {
+                server.print_log_tail();
+            }
+        }
+        for server in &mut servers {
+            server.stop();
+        }
+        outcome
+    }
+
+    fn run_postgres(
+        &self,
+        db: &FreshDatabase,
+        dir: &Path,
+        config: &Path,
+        instances: usize,
+        redis: bool,
+        servers: &mut Vec<Server>,
+    ) -> Result<Backend> {
+        let start = |i: usize, servers: &mut Vec<Server>| -> Result<SocketAddr> {
+            let dir = dir.join(format!("instance-{i}"));
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let server = Server::start(self.cx, self.tally, &dir, config, self.pin, Some(&db.url))?;
+            note(format!("instance {i}: tally on http://{}", server.addr));
+            let addr = server.addr;
+            servers.push(server);
+            Ok(addr)
+        };
+        step(format!(
+            "start tally serve (PostgreSQL, database {})",
+            db.name
+        ));
+        let first = start(1, servers)?;
+        let setup = Setup::create(first, &dir.join("instance-1").join("data"))?;
+        let balance_before = live(&stored_balances(self.cx, db, &setup.namespace)?)?;
+        let upstream_before = self.mock.completions();
+
+        step("through the gateway (PostgreSQL, 1 instance, live key)");
+        let mut rows = vec![self.measure("PostgreSQL, 1 instance", &setup.secret, &[first])?];
+        if instances > 1 {
+            step(format!(
+                "start {} more instance(s) on the same database",
+                instances - 1
+            ));
+            for i in 2..=instances {
+                start(i, servers)?;
+            }
+            let addrs: Vec<SocketAddr> = servers.iter().map(|server| server.addr).collect();
+            step(format!(
+                "through the gateway (PostgreSQL, {instances} instances, live key)"
+            ));
+            rows.push(self.measure(
+                &format!("PostgreSQL, {instances} instances"),
+                &setup.secret,
+                &addrs,
+            )?);
+        }
+        let upstream_calls = self.mock.completions() - upstream_before;
+
+        step("compare recorded usage with the 2xx answers (every instance: one database)");
+        let recorded = setup.recorded_usage()?;
+        let views = servers
+            .iter()
+            .map(|server| Ok((server.addr, setup.live_balance(server.addr)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let redis_metrics = redis.then(|| metric_lines(first, "tally_redis_up"));
+
+        step("stop every instance (SIGTERM), then compare the stored balance with the ledger");
+        for server in servers.iter_mut() {
+            server.terminate(STOP_GRACE);
+        }
+        let stored = stored_balances(self.cx, db, &setup.namespace)?;
+        let balance_after = live(&stored)?;
+        Ok(Backend {
+            name: "PostgreSQL",
+            rows,
+            recorded,
+            upstream_calls,
+            spent_micros: balance_before - balance_after,
+            database: Some(db.name.clone()),
+            stored,
+            views,
+            redis_metrics,
+        })
     }
 }
 
-fn measure(
-    cx: &Ctx,
-    pin: &Pinning,
-    json_flag: &[&str],
-    plan: Plan,
-    mock: &MockUpstream,
-    gateway: SocketAddr,
-    data_dir: &Path,
-) -> Result<Report> {
-    step("set up the operator (setup token), grant live credits, create a live key");
-    let setup = Setup::create(gateway, data_dir)?;
-    note(format!(
-        "namespace {}, key {} ({}…)",
-        setup.namespace,
-        setup.key_id,
-        &setup.secret[..setup.secret.len().min(12)]
-    ));
-    let balance_before = setup.live_balance()?;
-
-    let oha = Oha {
-        cx,
-        pin,
-        json_flag,
-        secret: &setup.secret,
-    };
-    let direct_url = format!("http://{}/v1/chat/completions", mock.addr);
-    let gateway_url = format!("http://{gateway}/v1/chat/completions");
-
-    step("direct to the mock upstream");
-    let direct_warmup = oha.run("warm-up", &direct_url, Load::Count(plan.warmup, 1))?;
-    let direct_latency = oha.run(
-        "latency",
-        &direct_url,
-        Load::Count(plan.latency_requests, 1),
-    )?;
-    let direct_throughput = oha.run(
-        "throughput",
-        &direct_url,
-        Load::Seconds(plan.throughput_secs, plan.concurrency),
-    )?;
-
-    step("through the gateway (live key)");
-    let upstream_before = mock.completions();
-    let gateway_warmup = oha.run("warm-up", &gateway_url, Load::Count(plan.warmup, 1))?;
-    let gateway_latency = oha.run(
-        "latency",
-        &gateway_url,
-        Load::Count(plan.latency_requests, 1),
-    )?;
-    let gateway_throughput = oha.run(
-        "throughput",
-        &gateway_url,
-        Load::Seconds(plan.throughput_secs, plan.concurrency),
-    )?;
-    let upstream_calls = mock.completions() - upstream_before;
-
-    step("compare recorded usage with the 2xx answers");
-    let recorded = setup.recorded_usage()?;
-    let balance_after = setup.live_balance()?;
-
-    Ok(Report {
-        pinned: pin.enabled,
-        direct: [direct_warmup, direct_latency, direct_throughput],
-        gateway: [gateway_warmup, gateway_latency, gateway_throughput],
-        upstream_calls,
-        recorded,
-        spent_micros: balance_before - balance_after,
-    })
+/// The concurrency of each of `n` oha runs sharing `total`: as even as it gets.
+fn split(total: u32, n: usize) -> Vec<u32> {
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    (0..n)
+        .map(|i| total / n + u32::from(i < total % n))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,10 +575,20 @@ fn oha_json_flag(cx: &Ctx) -> Result<Vec<&'static str>> {
 // ---------------------------------------------------------------------------------------------
 // the server
 
-/// The `[[catalog]]` entry for the mock: an OpenAI-protocol API whose live upstream is the mock.
-fn bench_config(mock: SocketAddr) -> String {
+/// The config of the benchmark's instances: the `[[catalog]]` entry for the mock (an
+/// OpenAI-protocol API whose live upstream is the mock) and, given `(redis_url, prefix)`, Redis
+/// for the per-key limits under a key prefix of the run's own.
+fn bench_config(mock: SocketAddr, redis: Option<(&str, &str)>) -> String {
+    // Top-level keys come before the first table. A JSON string is a valid TOML basic string.
+    let redis_url = redis.map_or_else(String::new, |(url, _)| {
+        format!("redis_url = {}\n", Value::from(url))
+    });
+    let cluster = redis.map_or_else(String::new, |(_, prefix)| {
+        format!("\n[cluster]\nredis_prefix = {}\n", Value::from(prefix))
+    });
     format!(
         r#"# Written by `cargo xtask bench-gateway`.
+{redis_url}
 [[catalog]]
 slug = "{API_SLUG}"
 name = "Benchmark mock upstream"
@@ -310,8 +604,15 @@ per_request_micros = 10
 per_1k_input_tokens_micros = 100
 per_1k_output_tokens_micros = 200
 default_max_output_tokens = 64
-"#
+{cluster}"#
     )
+}
+
+/// Writes `tally.toml` in `dir` and returns its path.
+fn write_config(dir: &Path, text: &str) -> Result<PathBuf> {
+    let path = dir.join("tally.toml");
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 /// A directory under the system temp dir, removed on drop.
@@ -344,8 +645,17 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn start(cx: &Ctx, tally: &Path, dir: &Path, config: &Path, pin: &Pinning) -> Result<Self> {
-        Self::spawn(pin.command(cx, 0, tally), dir, config, None)
+    /// `tally` pinned to CPU 0 (with every other instance), on SQLite in `dir` or on
+    /// `database_url`.
+    fn start(
+        cx: &Ctx,
+        tally: &Path,
+        dir: &Path,
+        config: &Path,
+        pin: &Pinning,
+        database_url: Option<&str>,
+    ) -> Result<Self> {
+        Self::spawn(pin.command(cx, 0, tally), dir, config, database_url)
     }
 
     /// Runs `cmd` (the `tally` binary, perhaps behind a wrapper) as `tally --config CONFIG
@@ -418,6 +728,37 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Asks the server to stop (SIGTERM: it finishes the calls in flight and gives back what
+    /// it holds, as an operator's stop would) and kills it if it has not exited within `grace`.
+    fn terminate(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let signalled = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        let deadline = Instant::now() + grace;
+        while signalled && Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => break,
+            }
+        }
+        note(format!(
+            "tally on {} did not stop within {} s of SIGTERM; killing it",
+            self.addr,
+            grace.as_secs()
+        ));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub(crate) fn print_log_tail(&self) {
@@ -519,7 +860,9 @@ struct Setup {
 }
 
 impl Setup {
+    /// Through the server at `addr`, whose data directory (with the setup token) is `data_dir`.
     fn create(addr: SocketAddr, data_dir: &Path) -> Result<Self> {
+        step("set up the operator (setup token), grant live credits, create a live key");
         let email = format!("bench-{}@example.com", std::process::id());
         let token = create_operator(addr, data_dir, &email, "benchmark password 1")?;
         let me = call(addr, "GET", "/api/v1/me", Some(&token), None)?;
@@ -555,21 +898,35 @@ impl Setup {
                 },
             })),
         )?;
-        Ok(Self {
+        let setup = Self {
             addr,
             namespace,
             key_id: text(&created["key"]["id"], "key.id")?,
             secret: text(&created["secret"], "secret")?,
             token,
-        })
+        };
+        note(format!(
+            "namespace {}, key {} ({}…)",
+            setup.namespace,
+            setup.key_id,
+            &setup.secret[..setup.secret.len().min(12)]
+        ));
+        Ok(setup)
     }
 
     fn get(&self, path: &str) -> Result<Value> {
         call(self.addr, "GET", path, Some(&self.token), None)
     }
 
-    fn live_balance(&self) -> Result<i64> {
-        let balances = self.get(&format!("/api/v1/namespaces/{}/credits", self.namespace))?;
+    /// The live balance as the instance at `addr` reports it (GET credits).
+    fn live_balance(&self, addr: SocketAddr) -> Result<i64> {
+        let balances = call(
+            addr,
+            "GET",
+            &format!("/api/v1/namespaces/{}/credits", self.namespace),
+            Some(&self.token),
+            None,
+        )?;
         balances["items"]
             .as_array()
             .and_then(|items| items.iter().find(|item| item["environment"] == "live"))
@@ -626,6 +983,103 @@ struct Recorded {
     ok: u64,
     other: BTreeMap<u64, u64>,
     cost_micros: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: what the shared database holds
+
+/// One environment of the benchmark namespace as stored in PostgreSQL.
+#[derive(Debug, PartialEq)]
+struct StoredBalance {
+    environment: String,
+    /// `balances.balance_micros`; None when the ledger has entries but there is no balance row.
+    balance_micros: Option<i64>,
+    /// `balances.reserved_micros` (credit leases), where the schema has that column.
+    reserved_micros: Option<i64>,
+    /// The sum of `ledger_entries.amount_micros`.
+    ledger_micros: i64,
+    entries: i64,
+}
+
+/// The query behind [`stored_balances`]: one JSON array, an element per environment that has a
+/// balance row or ledger entries. The balance row comes whole (`to_jsonb`), so columns that a
+/// later schema adds (`reserved_micros`) are read where they exist.
+fn stored_balances_sql(namespace: &str) -> Result<String> {
+    // The id goes into the SQL text (psql -c takes no parameters): only id characters pass.
+    if namespace.is_empty()
+        || !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("unexpected namespace id `{namespace}`");
+    }
+    Ok(format!(
+        "SELECT COALESCE(json_agg(row_to_json(x) ORDER BY x.environment), '[]'::json) FROM ( \
+           SELECT e.environment, \
+             (SELECT to_jsonb(b) FROM balances b \
+                WHERE b.namespace_id = '{namespace}' AND b.environment = e.environment) AS balance, \
+             (SELECT COALESCE(SUM(l.amount_micros), 0)::bigint FROM ledger_entries l \
+                WHERE l.namespace_id = '{namespace}' AND l.environment = e.environment) AS ledger, \
+             (SELECT COUNT(*) FROM ledger_entries l \
+                WHERE l.namespace_id = '{namespace}' AND l.environment = e.environment) AS entries \
+           FROM (SELECT environment FROM balances WHERE namespace_id = '{namespace}' \
+                 UNION SELECT environment FROM ledger_entries WHERE namespace_id = '{namespace}') e \
+         ) x"
+    ))
+}
+
+fn stored_balances(cx: &Ctx, db: &FreshDatabase, namespace: &str) -> Result<Vec<StoredBalance>> {
+    let out = db.query(cx, &stored_balances_sql(namespace)?)?;
+    parse_stored_balances(out.trim())
+        .with_context(|| format!("cannot read the stored balances from psql's output: {out}"))
+}
+
+fn parse_stored_balances(json: &str) -> Result<Vec<StoredBalance>> {
+    let doc: Value = serde_json::from_str(json)?;
+    let items = doc.as_array().context("not a JSON array")?;
+    items
+        .iter()
+        .map(|item| {
+            let balance = &item["balance"];
+            Ok(StoredBalance {
+                environment: text(&item["environment"], "environment")?,
+                balance_micros: balance["balance_micros"].as_i64(),
+                reserved_micros: balance["reserved_micros"].as_i64(),
+                ledger_micros: item["ledger"].as_i64().context("no ledger sum")?,
+                entries: item["entries"].as_i64().context("no entry count")?,
+            })
+        })
+        .collect()
+}
+
+/// "1 ledger entry", "2 ledger entries".
+fn entries(n: i64) -> String {
+    format!("{n} ledger {}", if n == 1 { "entry" } else { "entries" })
+}
+
+/// The stored live balance.
+fn live(stored: &[StoredBalance]) -> Result<i64> {
+    stored
+        .iter()
+        .find(|balance| balance.environment == "live")
+        .and_then(|balance| balance.balance_micros)
+        .context("the database has no live balance for the benchmark namespace")
+}
+
+/// The samples of the metric `name` in the instance's `/metrics`, or what went wrong.
+fn metric_lines(addr: SocketAddr, name: &str) -> Vec<String> {
+    match http1::request(addr, "GET", "/metrics", None, None) {
+        Ok(response) if response.status == 200 => String::from_utf8_lossy(&response.body)
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .map(str::to_string)
+            .collect(),
+        Ok(response) => vec![format!("(GET /metrics: HTTP {})", response.status)],
+        Err(err) => vec![format!("(GET /metrics: {err})")],
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -756,101 +1210,110 @@ fn ms(seconds: Option<f64>) -> String {
 // ---------------------------------------------------------------------------------------------
 // report
 
-struct Report {
-    pinned: bool,
-    /// warm-up, latency (concurrency 1), throughput (concurrency N)
-    direct: [Run; 3],
-    gateway: [Run; 3],
-    upstream_calls: u64,
-    recorded: Recorded,
-    spent_micros: i64,
+/// What one configuration measured. With several instances: a warm-up and a latency run per
+/// instance (one after the other) and a throughput run per instance (all at once).
+struct Measured {
+    label: String,
+    addrs: Vec<SocketAddr>,
+    warmup: Vec<Run>,
+    latency: Vec<Run>,
+    throughput: Vec<Run>,
+    /// The concurrency of each throughput run.
+    shares: Vec<u32>,
 }
 
-impl Report {
-    fn print(&self, plan: Plan) {
-        let [_, dl, dt] = &self.direct;
-        let [_, gl, gt] = &self.gateway;
-        let added = |g: Option<f64>, d: Option<f64>| match (g, d) {
-            (Some(g), Some(d)) => format!("{:+.3}", (g - d) * 1000.0),
-            _ => "-".to_string(),
-        };
-        let ratio = if dt.rps > 0.0 {
-            format!("{:.2}x", gt.rps / dt.rps)
-        } else {
-            "-".to_string()
-        };
-        let c = plan.concurrency;
-        println!();
-        println!(
-            "Gateway benchmark: POST /v1/chat/completions, live key, mock upstream{}",
-            if self.pinned {
-                "; tally on CPU 0, oha on CPU 1"
-            } else {
-                "; no CPU pinning"
-            }
-        );
-        println!();
-        println!(
-            "{:<30} {:>14} {:>14} {:>14}",
-            "", "direct", "gateway", "added"
-        );
-        println!(
-            "{:<30} {:>14} {:>14} {:>14}",
-            "latency p50, c=1 (ms)",
-            ms(dl.p50),
-            ms(gl.p50),
-            added(gl.p50, dl.p50)
-        );
-        println!(
-            "{:<30} {:>14} {:>14} {:>14}",
-            "latency p99, c=1 (ms)",
-            ms(dl.p99),
-            ms(gl.p99),
-            added(gl.p99, dl.p99)
-        );
-        println!(
-            "{:<30} {:>14.0} {:>14.0} {:>14}",
-            format!("throughput, c={c} (req/s)"),
-            dt.rps,
-            gt.rps,
-            ratio
-        );
-        println!(
-            "{:<30} {:>14} {:>14}",
-            format!("2xx / sent, c=1 ({} req)", plan.latency_requests),
-            format!("{}/{}", dl.ok, dl.sent()),
-            format!("{}/{}", gl.ok, gl.sent())
-        );
-        println!(
-            "{:<30} {:>14} {:>14}",
-            format!("2xx / sent, c={c} ({} s)", plan.throughput_secs),
-            format!("{}/{}", dt.ok, dt.sent()),
-            format!("{}/{}", gt.ok, gt.sent())
-        );
-        for (side, runs) in [("direct", &self.direct), ("gateway", &self.gateway)] {
-            for (phase, run) in ["warm-up", "c=1", &format!("c={c}")].iter().zip(runs) {
-                let problems = run.problems();
-                if !problems.is_empty() {
-                    println!("  not 2xx ({side}, {phase}): {problems}");
-                }
-            }
-        }
+impl Measured {
+    fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.warmup
+            .iter()
+            .chain(&self.latency)
+            .chain(&self.throughput)
+    }
 
-        let answered: u64 = self.gateway.iter().map(|run| run.ok).sum();
-        let sent: u64 = self.gateway.iter().map(Run::sent).sum();
-        println!();
-        println!(
-            "Usage check (all gateway runs incl. warm-up): {sent} sent, {answered} answered 2xx"
-        );
-        println!(
-            "  usage events recorded with a 2xx status: {} {}",
-            self.recorded.ok,
-            if self.recorded.ok == answered {
+    /// Requests per second of the throughput runs, summed.
+    fn rps(&self) -> f64 {
+        self.throughput.iter().map(|run| run.rps).sum()
+    }
+
+    /// The slowest instance's p50 at concurrency 1 (the only one's, with one).
+    fn p50(&self) -> Option<f64> {
+        slowest(self.latency.iter().map(|run| run.p50))
+    }
+
+    fn p99(&self) -> Option<f64> {
+        slowest(self.latency.iter().map(|run| run.p99))
+    }
+
+    fn ok(&self) -> u64 {
+        self.runs().map(|run| run.ok).sum()
+    }
+
+    fn sent(&self) -> u64 {
+        self.runs().map(Run::sent).sum()
+    }
+}
+
+/// The largest of the figures; none when any run had no answer to take a percentile of.
+fn slowest(figures: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    figures
+        .collect::<Option<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::max)
+}
+
+/// One backend's runs and what the server recorded for them.
+struct Backend {
+    name: &'static str,
+    rows: Vec<Measured>,
+    recorded: Recorded,
+    upstream_calls: u64,
+    /// Live balance before the runs minus after them.
+    spent_micros: i64,
+    /// PostgreSQL: the run's database.
+    database: Option<String>,
+    /// PostgreSQL: the namespace's stored balances and ledger sums once every instance stopped.
+    stored: Vec<StoredBalance>,
+    /// The live balance each instance reported (GET credits) before it stopped.
+    views: Vec<(SocketAddr, i64)>,
+    /// With `--redis`: the `tally_redis_up` samples of the first instance.
+    redis_metrics: Option<Vec<String>>,
+}
+
+impl Backend {
+    /// Prints the correctness checks and adds the failed ones to `failures`.
+    fn print_checks(&self, failures: &mut Vec<String>) {
+        let name = self.name;
+        let answered: u64 = self.rows.iter().map(Measured::ok).sum();
+        let sent: u64 = self.rows.iter().map(Measured::sent).sum();
+        let instances = self
+            .rows
+            .iter()
+            .map(|row| row.addrs.len())
+            .max()
+            .unwrap_or(1);
+        let mut check = |ok: bool, failure: String| {
+            if ok {
                 "(equal)"
             } else {
-                "(MISMATCH)"
+                failures.push(failure);
+                "(MISMATCH: FAILED)"
+            }
+        };
+        println!();
+        println!(
+            "Usage check, {name} ({}all gateway runs incl. warm-up): {sent} sent, {answered} answered 2xx",
+            if instances > 1 {
+                format!("{instances} instances, one database; ")
+            } else {
+                String::new()
             }
         );
+        let recorded = self.recorded.ok;
+        let verdict = check(
+            recorded == answered,
+            format!("{name}: {recorded} usage events recorded with a 2xx status, but oha counted {answered} 2xx answers"),
+        );
+        println!("  usage events recorded with a 2xx status: {recorded} {verdict}");
         if !self.recorded.other.is_empty() {
             let other: Vec<String> = self
                 .recorded
@@ -864,16 +1327,207 @@ impl Report {
             "  upstream calls the mock answered: {}",
             self.upstream_calls
         );
+        let (spent, costs) = (self.spent_micros, self.recorded.cost_micros);
+        let verdict = check(
+            spent == costs,
+            format!("{name}: the live balance dropped by {spent} micros, but the recorded usage costs {costs} micros"),
+        );
+        let source = if self.database.is_some() {
+            "stored balance before - after, read from the database"
+        } else {
+            "balance before - after"
+        };
         println!(
-            "  live credits spent (balance before - after): {} micros; sum of usage costs: {} micros {}",
-            self.spent_micros,
-            self.recorded.cost_micros,
-            if self.spent_micros == self.recorded.cost_micros {
-                "(equal)"
+            "  live credits spent ({source}): {spent} micros; sum of usage costs: {costs} micros {verdict}"
+        );
+        let Some(database) = &self.database else {
+            return;
+        };
+        println!(
+            "Stored balance vs ledger, {name}, after every instance stopped (database {database}):"
+        );
+        if self.stored.is_empty() {
+            let verdict = check(
+                false,
+                format!(
+                    "{name}: the benchmark namespace has neither balance rows nor ledger entries"
+                ),
+            );
+            println!("  no balance rows and no ledger entries {verdict}");
+        }
+        for stored in &self.stored {
+            let env = &stored.environment;
+            let ledger = stored.ledger_micros;
+            let line = match stored.balance_micros {
+                Some(balance) => {
+                    let verdict = check(
+                        balance == ledger,
+                        format!("{name}, {env}: the stored balance is {balance} micros, but the ledger sums to {ledger} micros"),
+                    );
+                    format!("stored balance {balance} micros, ledger sum {ledger} micros over {} {verdict}", entries(stored.entries))
+                }
+                None => {
+                    let verdict = check(
+                        ledger == 0,
+                        format!(
+                            "{name}, {env}: no balance row, but the ledger sums to {ledger} micros"
+                        ),
+                    );
+                    format!(
+                        "no balance row, ledger sum {ledger} micros over {} {verdict}",
+                        entries(stored.entries)
+                    )
+                }
+            };
+            println!("  {env}: {line}");
+            if let Some(reserved) = stored.reserved_micros {
+                println!("  {env}: still reserved by credit leases: {reserved} micros");
+            }
+        }
+        if !self.views.is_empty() {
+            let views: Vec<String> = self
+                .views
+                .iter()
+                .enumerate()
+                .map(|(i, (addr, balance))| format!("instance {} ({addr}) {balance}", i + 1))
+                .collect();
+            println!(
+                "  live balance each instance reported before stopping (GET credits, micros; \
+                 information, not a check): {}",
+                views.join(", ")
+            );
+        }
+        if let Some(lines) = &self.redis_metrics {
+            if lines.is_empty() {
+                println!(
+                    "  Redis: redis_url was given, but instance 1 has no tally_redis_up metric \
+                     (this build does not use Redis)"
+                );
             } else {
-                "(MISMATCH)"
+                println!("  Redis: instance 1 reports {}", lines.join(", "));
+            }
+        }
+    }
+}
+
+struct Report {
+    pinned: bool,
+    plan: Plan,
+    direct: Measured,
+    backends: Vec<Backend>,
+}
+
+impl Report {
+    /// Prints the figures and the checks; returns the checks that failed.
+    fn print(&self) -> Vec<String> {
+        let plan = self.plan;
+        let direct = &self.direct;
+        let added = |g: Option<f64>, d: Option<f64>| match (g, d) {
+            (Some(g), Some(d)) => format!("{:+.3}", (g - d) * 1000.0),
+            _ => "-".to_string(),
+        };
+        let several = self
+            .backends
+            .iter()
+            .flat_map(|backend| &backend.rows)
+            .any(|row| row.addrs.len() > 1);
+        println!();
+        println!(
+            "Gateway benchmark: POST /v1/chat/completions, live key, mock upstream{}",
+            match (self.pinned, several) {
+                (true, true) => "; every tally instance on CPU 0, every oha on CPU 1",
+                (true, false) => "; tally on CPU 0, oha on CPU 1",
+                (false, _) => "; no CPU pinning",
             }
         );
+        println!(
+            "req/s at concurrency {} for {} s; latency at concurrency 1 over {} requests after {} \
+             warm-up; 2xx / sent over all three",
+            plan.concurrency, plan.throughput_secs, plan.latency_requests, plan.warmup
+        );
+        println!();
+        println!(
+            "{:<34} {:>9} {:>9} {:>9} {:>10} {:>10} {:>17}",
+            "", "req/s", "p50 ms", "p99 ms", "added p50", "added p99", "2xx / sent"
+        );
+        let rows = std::iter::once(direct).chain(self.backends.iter().flat_map(|b| &b.rows));
+        for (i, row) in rows.enumerate() {
+            let (added_p50, added_p99) = if i == 0 {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (
+                    added(row.p50(), direct.p50()),
+                    added(row.p99(), direct.p99()),
+                )
+            };
+            let mark = if row.addrs.len() > 1 { " *" } else { "" };
+            println!(
+                "{:<34} {:>9.0} {:>9} {:>9} {:>10} {:>10} {:>17}",
+                format!("{}{mark}", row.label),
+                row.rps(),
+                ms(row.p50()),
+                ms(row.p99()),
+                added_p50,
+                added_p99,
+                format!("{}/{}", row.ok(), row.sent())
+            );
+        }
+        for row in self.backends.iter().flat_map(|b| &b.rows) {
+            if row.addrs.len() < 2 {
+                continue;
+            }
+            let shares: Vec<String> = row.shares.iter().map(u32::to_string).collect();
+            println!();
+            println!(
+                "* {}: req/s is the sum of {} oha runs at once, one per instance (concurrency {});\n  \
+                 p50/p99 are the slowest instance's, each instance measured alone in turn:",
+                row.label,
+                row.addrs.len(),
+                shares.join(" + ")
+            );
+            for (i, (addr, (latency, throughput))) in row
+                .addrs
+                .iter()
+                .zip(row.latency.iter().zip(&row.throughput))
+                .enumerate()
+            {
+                println!(
+                    "    instance {} ({addr}): p50 {} ms, p99 {} ms, {:.0} req/s",
+                    i + 1,
+                    ms(latency.p50),
+                    ms(latency.p99),
+                    throughput.rps
+                );
+            }
+        }
+        let rows = std::iter::once(direct).chain(self.backends.iter().flat_map(|b| &b.rows));
+        for row in rows {
+            let phases = [
+                ("warm-up", &row.warmup),
+                ("c=1", &row.latency),
+                ("throughput", &row.throughput),
+            ];
+            for (phase, runs) in phases {
+                for (i, run) in runs.iter().enumerate() {
+                    let problems = run.problems();
+                    if problems.is_empty() {
+                        continue;
+                    }
+                    let instance = if runs.len() > 1 {
+                        format!(", instance {}", i + 1)
+                    } else {
+                        String::new()
+                    };
+                    println!("  not 2xx ({}, {phase}{instance}): {problems}", row.label);
+                }
+            }
+        }
+
+        let mut failures = Vec::new();
+        for backend in &self.backends {
+            backend.print_checks(&mut failures);
+        }
+        failures
     }
 }
 
@@ -914,8 +1568,115 @@ mod tests {
 
     #[test]
     fn the_config_routes_the_bench_api_to_the_mock() {
-        let config = bench_config(([127, 0, 0, 1], 4321).into());
+        let config = bench_config(([127, 0, 0, 1], 4321).into(), None);
         assert!(config.contains(r#"url = "http://127.0.0.1:4321""#));
         assert!(config.contains(r#"models = ["bench-model"]"#));
+        assert!(!config.contains("redis_url"));
+        assert!(!config.contains("[cluster]"));
+    }
+
+    #[test]
+    fn the_config_with_redis_sets_the_url_before_any_table_and_a_prefix() {
+        let config = bench_config(
+            ([127, 0, 0, 1], 4321).into(),
+            Some((r#"redis://127.0.0.1:6379/0?x="y""#, "tally-bench-7")),
+        );
+        let url_at = config.find("redis_url = ").unwrap();
+        assert!(url_at < config.find("[[catalog]]").unwrap());
+        assert!(config.contains(r#"redis_url = "redis://127.0.0.1:6379/0?x=\"y\"""#));
+        assert!(config.ends_with("[cluster]\nredis_prefix = \"tally-bench-7\"\n"));
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|arg| arg.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_the_options_in_both_spellings() {
+        let opts = Options::parse(&args(&[
+            "--quick",
+            "--postgres",
+            "postgres://postgres@127.0.0.1:5432/test",
+            "--instances=2",
+            "--redis",
+            "redis://127.0.0.1:6379/0",
+        ]))
+        .unwrap();
+        assert_eq!(
+            opts,
+            Options {
+                quick: true,
+                postgres: Some("postgres://postgres@127.0.0.1:5432/test".into()),
+                instances: 2,
+                redis: Some("redis://127.0.0.1:6379/0".into()),
+            }
+        );
+        let plain = Options::parse(&[]).unwrap();
+        assert_eq!(
+            (plain.quick, plain.instances, plain.postgres),
+            (false, 1, None)
+        );
+    }
+
+    #[test]
+    fn refuses_options_that_make_no_sense() {
+        for bad in [
+            &["--instances", "2"][..],
+            &["--redis", "redis://h"],
+            &["--postgres"],
+            &["--postgres", "postgres://h/db", "--instances", "0"],
+            &["--postgres", "postgres://h/db", "--instances", "two"],
+            &["--quick=yes"],
+            &["--fast"],
+        ] {
+            assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_direct_runs_send_a_token_of_a_key_s_length() {
+        assert_eq!(DIRECT_SECRET.len(), "tk_live_".len() + 40);
+    }
+
+    #[test]
+    fn splits_the_concurrency_among_the_instances() {
+        assert_eq!(split(32, 1), vec![32]);
+        assert_eq!(split(32, 2), vec![16, 16]);
+        assert_eq!(split(32, 3), vec![11, 11, 10]);
+        assert_eq!(split(32, 5).iter().sum::<u32>(), 32);
+    }
+
+    #[test]
+    fn the_slowest_instance_gives_the_latency_unless_one_had_no_answer() {
+        assert_eq!(
+            slowest([Some(0.2), Some(0.5), Some(0.3)].into_iter()),
+            Some(0.5)
+        );
+        assert_eq!(slowest([Some(0.2), None].into_iter()), None);
+    }
+
+    #[test]
+    fn reads_stored_balances_with_and_without_leases() {
+        let json = r#"[
+            {"environment": "live", "balance": {"namespace_id": "ns", "environment": "live",
+             "balance_micros": 990, "reserved_micros": 30, "updated_at": 1}, "ledger": 990, "entries": 12},
+            {"environment": "test", "balance": {"balance_micros": 10000000}, "ledger": 10000000, "entries": 1},
+            {"environment": "x", "balance": null, "ledger": 0, "entries": 0}
+        ]"#;
+        let stored = parse_stored_balances(json).unwrap();
+        assert_eq!(stored[0].balance_micros, Some(990));
+        assert_eq!(stored[0].reserved_micros, Some(30));
+        assert_eq!(stored[1].reserved_micros, None);
+        assert_eq!(stored[2].balance_micros, None);
+        assert_eq!(live(&stored).unwrap(), 990);
+        assert!(parse_stored_balances("[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_an_id_goes_into_the_balance_query() {
+        let sql = stored_balances_sql("0192-abc_DEF").unwrap();
+        assert!(sql.contains("b.namespace_id = '0192-abc_DEF'"));
+        assert!(stored_balances_sql("x' OR '1'='1").is_err());
+        assert!(stored_balances_sql("").is_err());
     }
 }

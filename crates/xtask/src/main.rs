@@ -24,6 +24,7 @@ mod bench;
 mod compress;
 mod http1;
 mod mock;
+mod pg;
 mod schemathesis;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -53,9 +54,14 @@ Commands:
                        and write brotli and gzip siblings of its files
   openapi              regenerate the openapi/openapi.json snapshot
   dev                  how to work on the dashboard with `trunk serve`
-  bench-gateway [--quick]
+  bench-gateway [--quick] [--postgres URL [--instances N] [--redis URL]]
                        latency and throughput the gateway adds over a mock
-                       upstream (installs oha; release build; prints a table)
+                       upstream (installs oha; release build; prints a table):
+                       SQLite, then with --postgres the same on a fresh
+                       database on that server (dropped after), through one
+                       and through N instances sharing it (--redis URL gives
+                       them redis_url); fails only on setup errors and on
+                       the usage, spending and balance-vs-ledger checks
   bench-monitoring [--events N] [--postgres URL] [--no-sqlite]
                        loads N usage events (default 10,000,000) into a fresh
                        database and prints dashboard and monitoring query

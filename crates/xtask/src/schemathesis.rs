@@ -34,6 +34,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::bench::{call, text, Server, TempDir};
+use crate::pg::FreshDatabase;
 use crate::{describe, exec, minutes, note, show, step, Ctx};
 
 /// The schemathesis release the step installs and runs (its v4 CLI and config file).
@@ -142,7 +143,12 @@ pub fn run_all(cx: &Ctx, tally: &Path) -> Result<Vec<Outcome>> {
         .ok()
         .filter(|url| !url.is_empty())
     {
-        let db = FreshDatabase::create(cx, &server_url)?;
+        let db = FreshDatabase::create(
+            cx,
+            &server_url,
+            "tally_schemathesis",
+            "TALLY_TEST_DATABASE_URL is set: the schemathesis step runs on PostgreSQL too",
+        )?;
         outcomes.extend(run_on(cx, &exe, tally, "PostgreSQL", Some(&db.url))?);
     }
     Ok(outcomes)
@@ -483,86 +489,6 @@ impl Summary {
     }
 }
 
-/// A database of its own on the PostgreSQL server at `server_url` (created and dropped with
-/// `psql`), so the run starts empty and leaves nothing behind.
-struct FreshDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl FreshDatabase {
-    fn create(cx: &Ctx, server_url: &str) -> Result<Self> {
-        if !cx.has("psql") {
-            bail!(
-                "TALLY_TEST_DATABASE_URL is set but psql is not installed: the schemathesis \
-                 step creates its database with psql (Debian: apt-get install postgresql-client)"
-            );
-        }
-        let name = format!(
-            "tally_schemathesis_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        );
-        let url = with_database(server_url, &name)?;
-        psql(cx, server_url, &format!("CREATE DATABASE {name}"))?;
-        Ok(Self {
-            server_url: server_url.to_string(),
-            name,
-            url,
-        })
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        let cx = Ctx::new();
-        if let Ok(cx) = cx {
-            let _ = psql(
-                &cx,
-                &self.server_url,
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            );
-        }
-    }
-}
-
-/// Runs one statement with psql. The URL may hold a password, so only the statement is shown.
-fn psql(cx: &Ctx, url: &str, sql: &str) -> Result<()> {
-    note(format!("$ psql $TALLY_TEST_DATABASE_URL -c '{sql}'"));
-    let status = cx
-        .cmd("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .stdin(Stdio::null())
-        .status()
-        .context("cannot start psql")?;
-    if !status.success() {
-        bail!("psql failed on `{sql}` ({})", describe(status));
-    }
-    Ok(())
-}
-
-/// `postgres://user@host:port/db?opts` with the database replaced by `name`.
-fn with_database(url: &str, name: &str) -> Result<String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .context("TALLY_TEST_DATABASE_URL is not a URL (postgres://user@host:port/db)")?;
-    let (before_query, query) = match rest.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (rest, None),
-    };
-    let authority = before_query.split('/').next().unwrap_or(before_query);
-    let mut out = format!("{scheme}://{authority}/{name}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,22 +511,6 @@ mod tests {
                 operations: 60,
                 test_cases: 3358
             }
-        );
-    }
-
-    #[test]
-    fn replaces_the_database_of_a_postgres_url() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/test", "x").ok(),
-            Some("postgres://postgres@127.0.0.1:5432/x".to_string())
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "x").ok(),
-            Some("postgres://u:p@h/x?sslmode=disable".to_string())
-        );
-        assert_eq!(
-            with_database("postgres://u@h", "x").ok(),
-            Some("postgres://u@h/x".to_string())
         );
     }
 }
