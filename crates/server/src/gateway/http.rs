@@ -82,13 +82,16 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
         .ok_or_else(invalid_key)
 }
 
-/// The key of a request, looked up with the caller's address.
+/// The key of a request, looked up with the caller's address: the TCP peer,
+/// or behind trusted proxies (`auth.trusted_proxies`, e.g. a load balancer)
+/// the address they forwarded, so the throttle of unknown keys counts each
+/// client, not the balancer.
 async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<Arc<super::keys::KeyInfo>, ApiError> {
     let secret = bearer(req)?;
-    let client = req.peer_addr().map(|a| a.ip());
+    let client = Some(state.throttle.client_ip(req));
     state.gateway.authenticate(secret, client).await
 }
 

@@ -18,6 +18,7 @@ backend_tests!(
     concurrent_misses_of_one_secret_read_the_database_once,
     malformed_and_repeated_unknown_secrets_cost_no_lookup,
     an_address_sending_unknown_keys_gets_429_while_cached_keys_keep_working,
+    behind_a_trusted_balancer_the_unknown_key_throttle_counts_each_client,
     misses_never_run_more_lookups_at_once_than_allowed,
     the_limiter_map_stays_bounded_and_keeps_rate_and_quota_state,
 );
@@ -313,4 +314,46 @@ async fn the_limiter_map_stays_bounded_and_keeps_rate_and_quota_state(backend: B
     let res = chat(&app, &quota.secret).await;
     assert_error(res, StatusCode::TOO_MANY_REQUESTS, ErrorCode::QuotaExceeded).await;
     assert!(gw.limiters.len() <= CAPACITY + 1);
+}
+
+/// Behind a load balancer listed in `auth.trusted_proxies`, the throttle of
+/// unknown keys counts the address the balancer forwarded: one client's flood
+/// does not refuse another client's first call of a valid key.
+async fn behind_a_trusted_balancer_the_unknown_key_throttle_counts_each_client(backend: Backend) {
+    let (app, _) = spawn_app_with(backend, |s| {
+        s.gateway.unknown_keys_per_ip_per_sec = 1;
+        s.auth.trusted_proxies = vec!["127.0.0.1/32".to_owned()];
+    })
+    .await;
+    let user = app.signup("dev").await;
+    let key = create_key(&app, &user, json!({"name": "k", "environment": "test"})).await;
+    // Past the change poller's look-back, which drops a new key for 2 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let from = |client: &'static str, secret: String| {
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .header("x-forwarded-for", client)
+            .bearer_auth(secret)
+            .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}))
+            .send()
+    };
+    let mut throttled = false;
+    for _ in 0..10 {
+        if from("198.51.100.1", random_secret())
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::TOO_MANY_REQUESTS
+        {
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "the flooding client is throttled");
+    // Another client behind the same balancer: its key, not yet cached, works.
+    let res = from("198.51.100.2", key.secret.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The flooding client stays throttled for keys not cached.
+    let res = from("198.51.100.1", random_secret()).await.unwrap();
+    assert_error(res, StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited).await;
 }
