@@ -246,6 +246,10 @@ pub struct GatewaySettings {
     /// `Application::build` puts it here, so the gateway's clients obey it.
     #[serde(skip)]
     pub egress: std::sync::Arc<crate::egress::Egress>,
+    /// Redis for per-key limits shared by every instance, from the top-level
+    /// `redis_url` and `[cluster]`; `Application::build` puts it here.
+    #[serde(skip)]
+    pub redis: Option<crate::gateway::shared_limits::RedisSettings>,
 }
 
 impl Default for GatewaySettings {
@@ -271,6 +275,7 @@ impl Default for GatewaySettings {
             max_event_bytes: 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             egress: std::sync::Arc::default(),
+            redis: None,
         }
     }
 }

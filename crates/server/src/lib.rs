@@ -136,6 +136,7 @@ impl Application {
 
         let mut gateway_settings = settings.gateway.clone();
         gateway_settings.egress = egress.clone();
+        gateway_settings.redis = gateway::shared_limits::RedisSettings::from_settings(&settings)?;
         let accounts = Arc::new(services::accounts::Accounts::new(store.clone()));
         let gateway = gateway::Gateway::new(
             store.clone(),
