@@ -140,6 +140,7 @@ impl Application {
         let mut gateway_settings = settings.gateway.clone();
         gateway_settings.egress = egress.clone();
         gateway_settings.fallback_poll_ms = settings.cluster.fallback_poll_ms;
+        gateway_settings.redis = gateway::shared_limits::RedisSettings::from_settings(&settings)?;
         // On PostgreSQL every instance spends from credit leases, one alone
         // as well as several (O5); SQLite is one instance, exact in memory.
         let instance = cluster::Cluster::new_instance_id();

@@ -3,7 +3,8 @@
 //!
 //! Every ending goes through [`Call::finish`]: the charge is priced from what
 //! the call used (`services::settle`), the key's limits and quotas are settled
-//! with the cost, and the call is recorded by the group-commit writer.
+//! with the cost (`shared_limits`) while the group-commit writer records the
+//! call.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -15,6 +16,7 @@ use tally_store::usage::CallRecord;
 
 use super::keys::KeyInfo;
 use super::limits::KeyLimiter;
+use super::shared_limits::{Admission, SharedLimits};
 use super::wire::{error_reply, header, Headers, Reply, ReplyBody, Summary};
 use crate::error::ApiError;
 use crate::services::settle::{Charge, Settler, Usage};
@@ -29,6 +31,10 @@ pub struct Call {
     pub id: String,
     pub key: Arc<KeyInfo>,
     pub limiter: Arc<Mutex<KeyLimiter>>,
+    /// Where the key's limits are settled (Redis or this instance).
+    pub limits: Arc<SharedLimits>,
+    /// Who admitted the call (nobody yet: `Local` with nothing reserved).
+    pub admission: Admission,
     pub api: String,
     pub model: Option<String>,
     pub endpoint: String,
@@ -90,6 +96,8 @@ impl Call {
             id,
             key,
             limiter,
+            limits,
+            admission,
             api,
             model,
             endpoint,
@@ -107,7 +115,6 @@ impl Call {
             compute_us: o.upstream_us,
         });
         let now = tally_store::now_ms();
-        lock(&limiter).settle(&key.limits, now, reserved, cost, o.tokens_in + o.tokens_out);
         let latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
         let record = CallRecord {
             id: id.clone(),
@@ -133,7 +140,21 @@ impl Call {
         let (tokens_in, tokens_out) = (record.tokens_in, record.tokens_out);
         metrics::counter!("tally_gateway_calls_total", "status" => o.status.to_string())
             .increment(1);
-        if !settler.record(record, charge).await {
+        // The key's limits are settled while the record commits: with Redis
+        // that round trip costs the call no time, and both are done before
+        // the call is answered.
+        let settle = limits.settle(
+            &key,
+            &limiter,
+            admission,
+            &id,
+            now,
+            reserved,
+            cost,
+            o.tokens_in + o.tokens_out,
+        );
+        let ((), recorded) = tokio::join!(settle, settler.record(record, charge));
+        if !recorded {
             return None;
         }
         Some(Summary {

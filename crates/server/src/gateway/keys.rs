@@ -52,6 +52,9 @@ pub struct KeyInfo {
     pub revoked: bool,
     /// When the presented secret stops working (a rotated-out secret).
     pub secret_expires_at: Option<i64>,
+    /// When the key last changed (Unix ms): the version of its shared quota
+    /// counters (`shared_limits`).
+    pub updated_at: i64,
 }
 
 impl KeyInfo {
@@ -69,6 +72,7 @@ impl KeyInfo {
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
             secret_expires_at,
+            updated_at: row.updated_at,
         })
     }
 

@@ -79,6 +79,13 @@ impl Gcra {
         }
     }
 
+    /// [`Gcra::state`] of a limit of `limit` per `period_us`.
+    fn state_of(&self, now_us: i64, limit: u64, period_us: i64) -> LimitState {
+        let limit_i = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let interval = (period_us / limit_i).max(1);
+        self.state(now_us, limit, interval, period_us - interval)
+    }
+
     /// Charges `cost` units after the fact, possibly into debt.
     fn charge(&mut self, now_us: i64, limit: u64, period_us: i64, cost: u64) {
         let limit_i = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
@@ -103,7 +110,7 @@ impl Gcra {
     }
 }
 
-fn ceil_secs(us: i64) -> u64 {
+pub(crate) fn ceil_secs(us: i64) -> u64 {
     u64::try_from((us + 999_999) / 1_000_000).unwrap_or(0)
 }
 
@@ -128,6 +135,94 @@ pub enum Refusal {
         what: &'static str,
         retry_after_secs: u64,
     },
+}
+
+/// The four quotas, in the order they are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    DayRequests,
+    MonthRequests,
+    DayCredits,
+    MonthCredits,
+}
+
+impl Quota {
+    /// The refusal of a call by this quota at `now_ms`: it resets with its period.
+    pub fn refusal(self, now_ms: i64) -> Refusal {
+        let (what, resets_ms) = match self {
+            Quota::DayRequests => ("daily request", next_day_start(now_ms)),
+            Quota::MonthRequests => ("monthly request", next_month_start(now_ms)),
+            Quota::DayCredits => ("daily credit", next_day_start(now_ms)),
+            Quota::MonthCredits => ("monthly credit", next_month_start(now_ms)),
+        };
+        Refusal::Quota {
+            what,
+            retry_after_secs: ceil_secs((resets_ms - now_ms).saturating_mul(1000)),
+        }
+    }
+}
+
+/// Which rate limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    PerSecond,
+    PerMinute,
+    TokensPerMinute,
+}
+
+impl Rate {
+    /// The limit and its period (microseconds), if the key has it.
+    pub fn of(self, limits: &KeyLimits) -> Option<(u64, i64)> {
+        match self {
+            Rate::PerSecond => limits
+                .requests_per_second
+                .map(|l| (u64::from(l), 1_000_000)),
+            Rate::PerMinute => limits
+                .requests_per_minute
+                .map(|l| (u64::from(l), 60_000_000)),
+            Rate::TokensPerMinute => limits.tokens_per_minute.map(|l| (l, 60_000_000)),
+        }
+    }
+
+    /// The refusal of a call by this limit when it admits again in `wait_us`.
+    pub fn refusal(self, limits: &KeyLimits, wait_us: i64) -> Refusal {
+        Refusal::Rate(LimitState {
+            limit: self.of(limits).map_or(0, |(l, _)| l),
+            remaining: 0,
+            reset_secs: ceil_secs(wait_us),
+        })
+    }
+}
+
+/// The state the shared limiter (`shared_limits`, Redis) holds for a key
+/// right after it admitted a call: this instance's limiter takes it over, so
+/// it decides from the cluster's counts should Redis go away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedState {
+    /// Theoretical arrival times (Unix microseconds; 0: none).
+    pub rps_tat_us: i64,
+    pub rpm_tat_us: i64,
+    pub tpm_tat_us: i64,
+    /// The day and month counters, when the key has a quota (the shared
+    /// limiter keeps none otherwise).
+    pub quotas: Option<Counted>,
+}
+
+/// Whether a key has any rate limit or quota at all: only those reach the
+/// shared limiter.
+pub fn is_limited(l: &KeyLimits) -> bool {
+    has_quota(l)
+        || l.requests_per_second.is_some()
+        || l.requests_per_minute.is_some()
+        || l.tokens_per_minute.is_some()
+}
+
+/// Whether a key has a daily or monthly quota.
+pub fn has_quota(l: &KeyLimits) -> bool {
+    l.requests_per_day.is_some()
+        || l.requests_per_month.is_some()
+        || l.credits_per_day_micros.is_some()
+        || l.credits_per_month_micros.is_some()
 }
 
 /// The in-memory limit and quota state of one key.
@@ -183,7 +278,7 @@ pub fn next_month_start(now_ms: i64) -> i64 {
 }
 
 /// Counters read from the database when a key is first used in a period.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counted {
     pub day_start_ms: i64,
     pub day_requests: i64,
@@ -261,37 +356,23 @@ impl KeyLimiter {
     ) -> Result<Option<LimitState>, Refusal> {
         let now_us = now_ms.saturating_mul(1000);
         // Quotas first: they do not change state when they refuse.
-        let day_reset = ceil_secs((next_day_start(now_ms) - now_ms) * 1000);
-        let month_reset = ceil_secs((next_month_start(now_ms) - now_ms) * 1000);
         let over = |used: i64, limit: Option<u64>| {
             limit.is_some_and(|l| u64::try_from(used).unwrap_or(0) >= l)
         };
         if over(self.day.requests, limits.requests_per_day) {
-            return Err(Refusal::Quota {
-                what: "daily request",
-                retry_after_secs: day_reset,
-            });
+            return Err(Quota::DayRequests.refusal(now_ms));
         }
         if over(self.month.requests, limits.requests_per_month) {
-            return Err(Refusal::Quota {
-                what: "monthly request",
-                retry_after_secs: month_reset,
-            });
+            return Err(Quota::MonthRequests.refusal(now_ms));
         }
         let credits_over = |p: &Period, limit: Option<i64>| {
             limit.is_some_and(|l| p.credits + p.reserved + max_cost > l)
         };
         if credits_over(&self.day, limits.credits_per_day_micros) {
-            return Err(Refusal::Quota {
-                what: "daily credit",
-                retry_after_secs: day_reset,
-            });
+            return Err(Quota::DayCredits.refusal(now_ms));
         }
         if credits_over(&self.month, limits.credits_per_month_micros) {
-            return Err(Refusal::Quota {
-                what: "monthly credit",
-                retry_after_secs: month_reset,
-            });
+            return Err(Quota::MonthCredits.refusal(now_ms));
         }
         if let Some(tpm) = limits.tokens_per_minute {
             self.tpm
@@ -325,6 +406,62 @@ impl KeyLimiter {
         self.day.reserved += max_cost;
         self.month.reserved += max_cost;
         Ok(tightest)
+    }
+
+    /// Takes over the state the shared limiter reached by admitting a call
+    /// that may cost up to `max_cost` (see [`SharedState`]); returns the
+    /// state of the tightest rate limit, as [`KeyLimiter::admit`] does.
+    pub fn adopt(
+        &mut self,
+        limits: &KeyLimits,
+        now_ms: i64,
+        shared: &SharedState,
+        max_cost: i64,
+    ) -> Option<LimitState> {
+        self.rps.tat_us = shared.rps_tat_us;
+        self.rpm.tat_us = shared.rpm_tat_us;
+        self.tpm.tat_us = shared.tpm_tat_us;
+        match shared.quotas {
+            Some(c) => {
+                for (p, start, requests, credits) in [
+                    (&mut self.day, c.day_start_ms, c.day_requests, c.day_credits),
+                    (
+                        &mut self.month,
+                        c.month_start_ms,
+                        c.month_requests,
+                        c.month_credits,
+                    ),
+                ] {
+                    p.start_ms = start;
+                    p.requests = requests;
+                    p.credits = credits;
+                }
+            }
+            // Counted as an admission here would count it.
+            None => {
+                self.day.requests += 1;
+                self.month.requests += 1;
+            }
+        }
+        // The reservation of this instance's calls: released by `settle`.
+        self.day.reserved += max_cost;
+        self.month.reserved += max_cost;
+        self.rate_state(limits, now_ms)
+    }
+
+    /// The state of the tightest request-rate limit now.
+    fn rate_state(&self, limits: &KeyLimits, now_ms: i64) -> Option<LimitState> {
+        let now_us = now_ms.saturating_mul(1000);
+        let mut tightest: Option<LimitState> = None;
+        for (gcra, rate) in [(&self.rps, Rate::PerSecond), (&self.rpm, Rate::PerMinute)] {
+            if let Some((limit, period_us)) = rate.of(limits) {
+                let s = gcra.state_of(now_us, limit, period_us);
+                if tightest.is_none_or(|t| s.remaining < t.remaining) {
+                    tightest = Some(s);
+                }
+            }
+        }
+        tightest
     }
 
     /// Settles a finished call: its reservation becomes its actual cost, and

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod limits;
 mod proxy;
 pub mod sandbox;
+pub mod shared_limits;
 mod stream;
 mod wire;
 
@@ -44,10 +45,11 @@ use crate::services::accounts::{self, Accounts};
 use crate::services::pricing::{self, credits};
 use crate::services::recorder::Recorder;
 use crate::services::settle::{Charge, Settler};
-use call::{lock, Call, Outcome};
+use call::{Call, Outcome};
 use catalog::{Api, Catalog};
 use keys::{KeyCache, KeyInfo};
-use limits::{Counted, KeyLimiter, Limiters, Refusal};
+use limits::{KeyLimiter, Limiters, Refusal};
+use shared_limits::SharedLimits;
 use wire::{error_reply, header, rate_headers, Headers};
 pub use wire::{Endpoint, Inbound, Reply, ReplyBody, Summary};
 
@@ -63,6 +65,8 @@ pub struct Gateway {
     store: Store,
     pub keys: KeyCache,
     pub limiters: Limiters,
+    /// Decides limits through Redis when configured (O5), else with `limiters`.
+    shared_limits: Arc<SharedLimits>,
     settler: Arc<Settler>,
     catalog: RwLock<Arc<Catalog>>,
     client: reqwest::Client,
@@ -105,6 +109,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             keys: KeyCache::new(store.clone(), &settings),
             limiters: Limiters::new(settings.limiter_capacity),
+            shared_limits: Arc::new(SharedLimits::new(store.clone(), settings.redis.clone())?),
             settler: Arc::new(settler),
             catalog: RwLock::new(Arc::new(catalog)),
             client,
@@ -269,39 +274,17 @@ impl Gateway {
         self.limiters.get(key_id, tally_store::now_ms())
     }
 
-    /// The quota counters of a key as the gateway enforces them now.
-    pub async fn quota_counters(&self, key_id: &str) -> Result<limits::QuotaCounters, ApiError> {
-        let limiter = self.limiter(key_id);
-        self.ensure_counted(key_id, &limiter).await?;
-        let counters = lock(&limiter).counters();
-        Ok(counters)
-    }
-
-    /// Loads a key's day and month counters when the period is new to this process.
-    async fn ensure_counted(
+    /// The quota counters of a key as the gateway enforces them now;
+    /// `version` is the key's `updated_at`.
+    pub async fn quota_counters(
         &self,
         key_id: &str,
-        limiter: &Mutex<KeyLimiter>,
-    ) -> Result<(), ApiError> {
-        let now = tally_store::now_ms();
-        if lock(limiter).counted(now) {
-            return Ok(());
-        }
-        let (day_start, month_start) = (limits::day_start(now), limits::month_start(now));
-        let mut conn = self.store.conn().await?;
-        let (day_requests, day_credits) =
-            tally_store::usage::key_quota_usage(&mut conn, key_id, day_start).await?;
-        let (month_requests, month_credits) =
-            tally_store::usage::key_quota_usage(&mut conn, key_id, month_start).await?;
-        lock(limiter).load(Counted {
-            day_start_ms: day_start,
-            day_requests,
-            day_credits,
-            month_start_ms: month_start,
-            month_requests,
-            month_credits,
-        });
-        Ok(())
+        version: i64,
+    ) -> Result<limits::QuotaCounters, ApiError> {
+        let limiter = self.limiter(key_id);
+        self.shared_limits
+            .quota_counters(key_id, version, &limiter)
+            .await
     }
 
     /// Serves one call of an authenticated key, in a task of its own (see
@@ -402,6 +385,8 @@ impl Gateway {
             id: tally_store::new_id("call"),
             key: key.clone(),
             limiter: limiter.clone(),
+            limits: self.shared_limits.clone(),
+            admission: Default::default(),
             api: api.slug().to_owned(),
             model: model.clone(),
             endpoint: inb.endpoint.name(),
@@ -480,14 +465,19 @@ impl Gateway {
                 false,
             ),
         };
-        if let Err(e) = self.ensure_counted(&key.id, &limiter).await {
-            return error_reply(e, Vec::new());
-        }
-        let admitted = lock(&limiter).admit(&key.limits, now, max_cost);
+        let admitted = match self
+            .shared_limits
+            .admit(&key, &limiter, &call.id, now, max_cost, compute_limit_us)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(e) => return error_reply(e, Vec::new()),
+        };
         let mut call = call;
         let rate = match admitted {
-            Ok(state) => {
+            Ok((state, admission)) => {
                 call.reserved = max_cost;
+                call.admission = admission;
                 state
             }
             Err(refusal) => {

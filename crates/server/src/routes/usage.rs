@@ -92,14 +92,17 @@ pub async fn key_stats(
 ) -> ApiResult<web::Json<KeyStats>> {
     member.require(Permission::Read)?;
     let (_, key_id) = path.into_inner();
-    let totals = {
+    let (totals, version) = {
         let mut conn = state.store.conn().await?;
-        tally_store::keys::get(&mut conn, member.namespace_id(), &key_id)
+        let key = tally_store::keys::get(&mut conn, member.namespace_id(), &key_id)
             .await?
             .ok_or_else(|| ApiError::not_found("key"))?;
-        tally_store::usage::key_totals(&mut conn, &key_id, 0).await?
+        (
+            tally_store::usage::key_totals(&mut conn, &key_id, 0).await?,
+            key.updated_at,
+        )
     };
-    let counters = state.gateway.quota_counters(&key_id).await?;
+    let counters = state.gateway.quota_counters(&key_id, version).await?;
     let now = tally_store::now_ms();
     Ok(web::Json(KeyStats {
         calls: totals.calls,
