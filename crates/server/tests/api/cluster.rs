@@ -702,3 +702,152 @@ async fn leases_take_at_most_half_of_what_is_free_in_whole_holds() {
     drop(conn);
     store.close().await;
 }
+
+/// Counts a node's calls by status over `secs` seconds, from `workers`
+/// concurrent loops.
+async fn hammer(node: &Node, secret: &str, workers: usize, secs: f64) -> Vec<StatusCode> {
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let loops = (0..workers).map(|_| {
+        let client = client.clone();
+        async move {
+            let mut out = Vec::new();
+            while Instant::now() < until {
+                out.push(chat(&client, node, secret).await);
+            }
+            out
+        }
+    });
+    join_all(loops).await.into_iter().flatten().collect()
+}
+
+async fn metric(client: &reqwest::Client, node: &Node, name: &str) -> Option<f64> {
+    let text = client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_instances_through_redis_and_calls_go_on_when_redis_stops() {
+    let Some(db) = cluster_database().await else {
+        return;
+    };
+    let Some(redis) = crate::redis_limits::redis_url().await else {
+        return;
+    };
+    let mut forwarder =
+        crate::redis_limits::Forwarder::start(&crate::redis_limits::redis_addr(&redis)).await;
+    let prefix = format!("tallytest-{}", uuid::Uuid::new_v4().simple());
+    let redis_url = format!("redis://127.0.0.1:{}", forwarder.port);
+    let env = [
+        ("TALLY_REDIS_URL", redis_url.as_str()),
+        ("TALLY_CLUSTER__REDIS_PREFIX", prefix.as_str()),
+    ];
+    let a = start_node(&db, "a", &env).await;
+    let b = start_node(&db, "b", &env).await;
+    let (token, ns) = operator(&db, &a).await;
+    add_flat_api(&a, &token).await;
+    grant(&a, &token, &ns, 1_000_000 * 1000).await;
+    let (_, secret) = test_key(
+        &a,
+        &token,
+        &ns,
+        json!({"limits": {"requests_per_second": 10}}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ready = within(Duration::from_secs(5), || async {
+        chat(&client, &b, &secret).await == StatusCode::OK
+    })
+    .await;
+    assert!(ready.is_some(), "B serves the key");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Both instances flat out for 3 s: together at most the burst of 10
+    // plus 10 a second (and 2 for the edges of the window).
+    let started = Instant::now();
+    let (ra, rb) = tokio::join!(hammer(&a, &secret, 4, 3.0), hammer(&b, &secret, 4, 3.0));
+    let elapsed = started.elapsed().as_secs_f64();
+    let all: Vec<StatusCode> = ra.iter().chain(&rb).copied().collect();
+    let ok = all.iter().filter(|s| **s == StatusCode::OK).count() as f64;
+    let limited = all
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        ok as usize + limited,
+        all.len(),
+        "only 200 and 429: {all:?}"
+    );
+    assert!(
+        ok <= 10.0 + 10.0 * elapsed + 2.0,
+        "{ok} calls admitted in {elapsed:.2} s across two instances"
+    );
+    assert!(
+        ok >= 10.0 * elapsed * 0.5,
+        "the limit still admits: {ok} in {elapsed:.2} s"
+    );
+    assert!(
+        ra.contains(&StatusCode::OK) && rb.contains(&StatusCode::OK),
+        "both instances admitted calls"
+    );
+
+    // Redis goes away mid-run: calls keep being answered (by each
+    // instance's own limits), and the degradation is reported.
+    forwarder.stop().await;
+    let (ra, rb) = tokio::join!(hammer(&a, &secret, 2, 2.0), hammer(&b, &secret, 2, 2.0));
+    for (name, statuses) in [("A", &ra), ("B", &rb)] {
+        assert!(
+            statuses
+                .iter()
+                .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS),
+            "{name} answered every call while Redis was away: {statuses:?}"
+        );
+        assert!(statuses.contains(&StatusCode::OK), "{name} kept serving");
+    }
+    for node in [&a, &b] {
+        assert_eq!(metric(&client, node, "tally_redis_up").await, Some(0.0));
+        assert!(
+            metric(&client, node, "tally_limits_local_total")
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+        );
+    }
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let reported: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'redis.down'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    assert!(reported >= 1, "a redis.down event was written");
+    let (balance, reserved, ledger) = account(&db, &ns).await;
+    assert_eq!(balance, ledger);
+    assert!(reserved <= balance);
+
+    // Clean up this test's Redis keys.
+    let mut redis_conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap_or(());
+    }
+}

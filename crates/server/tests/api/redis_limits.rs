@@ -33,7 +33,7 @@ backend_tests!(
 const REDIS_ENV: &str = "TALLY_TEST_REDIS_URL";
 
 /// The test Redis, if there is one (see the module doc).
-async fn redis_url() -> Option<String> {
+pub(crate) async fn redis_url() -> Option<String> {
     let url = std::env::var(REDIS_ENV)
         .ok()
         .filter(|u| !u.is_empty())
@@ -53,7 +53,7 @@ async fn redis_url() -> Option<String> {
 }
 
 /// The host:port of a `redis://host:port/db` URL.
-fn redis_addr(url: &str) -> String {
+pub(crate) fn redis_addr(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest).to_owned()
@@ -360,15 +360,15 @@ async fn quotas_survive_redis_losing_its_data(backend: Backend) {
 
 /// A TCP forwarder to Redis that can be shut down (no listener, every
 /// connection cut) and started again on the same port.
-struct Forwarder {
-    port: u16,
+pub(crate) struct Forwarder {
+    pub(crate) port: u16,
     target: String,
     accept: Option<JoinHandle<()>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Forwarder {
-    async fn start(target: &str) -> Forwarder {
+    pub(crate) async fn start(target: &str) -> Forwarder {
         let mut f = Forwarder {
             port: 0,
             target: target.to_owned(),
@@ -402,7 +402,7 @@ impl Forwarder {
     }
 
     /// Stops accepting and cuts every open connection.
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(accept) = self.accept.take() {
             accept.abort();
             let _ = accept.await;
