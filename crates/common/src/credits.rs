@@ -12,7 +12,8 @@ pub struct Balance {
     pub environment: Environment,
     /// The sum of every ledger entry of this namespace and environment.
     pub balance_micros: i64,
-    /// The maximum cost of calls in flight, reserved until they finish.
+    /// The maximum cost of calls in flight, reserved until they finish (with
+    /// several instances: the calls in flight on the instance that answered).
     pub held_micros: i64,
     /// What a new call can use: balance minus holds.
     pub available_micros: i64,
