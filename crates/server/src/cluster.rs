@@ -24,7 +24,6 @@
 //!   instances might overlap does no harm.
 //! - On SQLite there is one instance: it leads, and nothing here runs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,36 +34,11 @@ use tally_store::{Backend, Store};
 
 use crate::config::ClusterSettings;
 use crate::gateway::Gateway;
+use crate::leadership::Leadership;
 use crate::services::accounts::Accounts;
 
 /// The advisory lock key of the upkeep leader ("tally" in ASCII).
 const LEADER_LOCK: i64 = 0x0074_616c_6c79;
-
-/// Whether this instance runs the background upkeep now.
-#[derive(Debug, Clone)]
-pub struct Leadership(Arc<AtomicBool>);
-
-impl Leadership {
-    /// A single instance: always the leader.
-    pub fn single() -> Leadership {
-        Leadership(Arc::new(AtomicBool::new(true)))
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, leading: bool) {
-        if self.0.swap(leading, Ordering::Relaxed) != leading {
-            if leading {
-                tracing::info!("this instance now runs the background upkeep");
-            } else {
-                tracing::warn!("this instance no longer runs the background upkeep");
-            }
-        }
-        metrics::gauge!("tally_cluster_leader").set(if leading { 1.0 } else { 0.0 });
-    }
-}
 
 /// This instance's place among several.
 pub struct Cluster {
@@ -74,7 +48,6 @@ pub struct Cluster {
     address: String,
     settings: ClusterSettings,
     pub leadership: Leadership,
-    listening: AtomicBool,
 }
 
 impl Cluster {
@@ -107,7 +80,7 @@ impl Cluster {
         let leadership = if single {
             Leadership::single()
         } else {
-            Leadership(Arc::new(AtomicBool::new(false)))
+            Leadership::follower()
         };
         Ok(Arc::new(Cluster {
             instance,
@@ -116,17 +89,11 @@ impl Cluster {
             address,
             settings,
             leadership,
-            listening: AtomicBool::new(false),
         }))
     }
 
     pub fn is_single(&self) -> bool {
         self.store.backend() == Backend::Sqlite
-    }
-
-    /// Whether change notifications arrive now.
-    pub fn listening(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
     }
 
     fn ttl(&self) -> Duration {
@@ -271,9 +238,6 @@ async fn listen(me: std::sync::Weak<Cluster>, gw: std::sync::Weak<Gateway>) {
                 if let Err(e) = listener.listen(tally_store::cluster::CHANNEL).await {
                     tracing::warn!(error = %e, "cannot listen for changes");
                 } else {
-                    let Some(c) = me.upgrade() else { return };
-                    c.listening.store(true, Ordering::Relaxed);
-                    drop(c);
                     metrics::gauge!("tally_cluster_notifications_up").set(1.0);
                     // What changed before this connection listened.
                     if let Some(gw) = gw.upgrade() {
@@ -301,9 +265,9 @@ async fn listen(me: std::sync::Weak<Cluster>, gw: std::sync::Weak<Gateway>) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot connect for change notifications"),
         }
-        let Some(c) = me.upgrade() else { return };
-        c.listening.store(false, Ordering::Relaxed);
-        drop(c);
+        if me.upgrade().is_none() {
+            return;
+        }
         metrics::gauge!("tally_cluster_notifications_up").set(0.0);
         if let Some(gw) = gw.upgrade() {
             gw.set_pushed(false);

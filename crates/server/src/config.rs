@@ -249,10 +249,6 @@ pub struct GatewaySettings {
     /// `cluster.fallback_poll_ms`, put here by `Application::build`.
     #[serde(skip)]
     pub fallback_poll_ms: u64,
-    /// Redis for per-key limits shared by every instance, from the top-level
-    /// `redis_url` and `[cluster]`; `Application::build` puts it here.
-    #[serde(skip)]
-    pub redis: Option<crate::gateway::shared_limits::RedisSettings>,
 }
 
 impl Default for GatewaySettings {
@@ -279,7 +275,6 @@ impl Default for GatewaySettings {
             max_response_bytes: 64 * 1024 * 1024,
             egress: std::sync::Arc::default(),
             fallback_poll_ms: 5000,
-            redis: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod input;
+pub mod leadership;
 pub mod monitoring;
 pub mod openapi;
 pub mod routes;
@@ -140,7 +141,6 @@ impl Application {
         let mut gateway_settings = settings.gateway.clone();
         gateway_settings.egress = egress.clone();
         gateway_settings.fallback_poll_ms = settings.cluster.fallback_poll_ms;
-        gateway_settings.redis = gateway::shared_limits::RedisSettings::from_settings(&settings)?;
         // On PostgreSQL every instance spends from credit leases, one alone
         // as well as several (O5); SQLite is one instance, exact in memory.
         let instance = cluster::Cluster::new_instance_id();
@@ -158,11 +158,13 @@ impl Application {
                 },
             ),
         });
+        let redis = gateway::shared_limits::RedisSettings::from_settings(&settings)?;
         let gateway = gateway::Gateway::new(
             store.clone(),
             gateway_settings,
             &settings.catalog,
             accounts.clone(),
+            redis,
         )
         .await
         .context("cannot load the catalog")?;

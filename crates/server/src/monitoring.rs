@@ -12,8 +12,8 @@ use std::time::Duration;
 use tally_store::monitoring::Cutoffs;
 use tally_store::Store;
 
-use crate::cluster::Leadership;
 use crate::config::MonitoringSettings;
+use crate::leadership::Leadership;
 
 fn cutoff(now: i64, days: u32) -> Option<i64> {
     (days > 0).then(|| now - i64::from(days) * 86_400_000)

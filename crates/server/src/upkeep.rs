@@ -18,9 +18,9 @@ use tally_common::{Environment, Severity};
 use tally_store::events::NewEvent;
 use tally_store::Store;
 
-use crate::cluster::Leadership;
 use crate::error::ApiResult;
 use crate::gateway::Gateway;
+use crate::leadership::Leadership;
 use crate::services::{self, billing::credits};
 
 /// Reports a seller's pause or resume (one event per change) when its state

@@ -6,7 +6,7 @@
 //! with the cost (`shared_limits`) while the group-commit writer records the
 //! call.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -20,11 +20,6 @@ use super::shared_limits::{Admission, SharedLimits};
 use super::wire::{error_reply, header, Headers, Reply, ReplyBody, Summary};
 use crate::error::ApiError;
 use crate::services::settle::{Charge, Settler, Usage};
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Limiter state is plain counters, consistent after any panic.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The state a call carries from admission to its record.
 pub struct Call {

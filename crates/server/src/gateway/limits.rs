@@ -25,6 +25,12 @@ use tally_common::KeyLimits;
 
 const MS_PER_SEC: i64 = 1000;
 
+/// Locks a limiter, poisoned or not: its state is plain counters, consistent
+/// after any panic.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One GCRA limit. Times are Unix milliseconds scaled by 1000 (microseconds)
 /// so sub-millisecond emission intervals stay exact enough.
 #[derive(Debug, Clone, Copy, Default)]

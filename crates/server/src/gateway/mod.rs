@@ -90,12 +90,14 @@ fn clean_text(what: &str, text: &str, max: usize) -> Result<(), ApiError> {
 }
 
 impl Gateway {
-    /// Builds the gateway and starts its writer; `start_background` starts the pollers.
+    /// Builds the gateway and starts its writer; `start_background` starts
+    /// the pollers. `redis` shares per-key limits with other instances.
     pub async fn new(
         store: Store,
         settings: GatewaySettings,
         config_apis: &[CatalogApiConfig],
         accounts: Arc<Accounts>,
+        redis: Option<shared_limits::RedisSettings>,
     ) -> anyhow::Result<Arc<Self>> {
         catalog_sync(&store, config_apis).await?;
         let catalog = load_catalog(&store).await?;
@@ -109,7 +111,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             keys: KeyCache::new(store.clone(), &settings),
             limiters: Limiters::new(settings.limiter_capacity),
-            shared_limits: Arc::new(SharedLimits::new(store.clone(), settings.redis.clone())?),
+            shared_limits: Arc::new(SharedLimits::new(store.clone(), redis)?),
             settler: Arc::new(settler),
             catalog: RwLock::new(Arc::new(catalog)),
             client,

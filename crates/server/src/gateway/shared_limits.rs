@@ -71,10 +71,9 @@ use tally_common::{KeyLimits, Severity};
 use tally_store::events::NewEvent;
 use tally_store::Store;
 
-use super::call::lock;
 use super::keys::KeyInfo;
 use super::limits::{
-    self, has_quota, is_limited, Counted, KeyLimiter, LimitState, Quota, QuotaCounters, Rate,
+    self, has_quota, is_limited, lock, Counted, KeyLimiter, LimitState, Quota, QuotaCounters, Rate,
     Refusal, SharedState,
 };
 use crate::config::Settings;

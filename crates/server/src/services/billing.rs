@@ -23,10 +23,10 @@ use tally_common::{Currency, Environment, ErrorCode, Severity};
 use tally_store::events::NewEvent;
 use tally_store::Store;
 
-use crate::cluster::Leadership;
 use crate::config::BillingSettings;
 use crate::egress::Egress;
 use crate::error::{ApiError, ApiResult};
+use crate::leadership::Leadership;
 
 /// Header with the Unix time (seconds) the notification was signed at.
 pub const TIMESTAMP_HEADER: &str = "x-tally-timestamp";
