@@ -3,13 +3,15 @@
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_common::Environment;
 use tally_store::{ConnectOptions, Store};
+use tokio::sync::Notify;
 
 use crate::helpers::{backend_tests, Backend, TestDatabase};
 
@@ -99,36 +101,64 @@ async fn answered_calls_survive_a_kill_right_after_the_response(backend: Backend
         .unwrap();
     let secret = key["secret"].as_str().unwrap().to_owned();
 
-    // Many calls in flight; the server dies as soon as ten have been answered.
-    let mut calls: FuturesUnordered<_> = (0..60)
-        .map(|i| {
-            let req = client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(&secret)
-                .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": format!("call {i}")}]}));
-            async move {
-                let res = req.send().await.ok()?;
-                if res.status() != StatusCode::OK {
-                    return None;
+    // Sixteen clients call in a loop; the server dies as soon as ten calls
+    // have been answered, and each client stops at its first failed call.
+    let count = Arc::new(AtomicUsize::new(0));
+    let ten = Arc::new(Notify::new());
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (client, base, secret) = (client.clone(), base.clone(), secret.clone());
+            let (count, ten) = (count.clone(), ten.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..10_000 {
+                    let call = async {
+                        let res = client
+                            .post(format!("{base}/v1/chat/completions"))
+                            .bearer_auth(&secret)
+                            .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": format!("call {w}-{i}")}]}))
+                            .send()
+                            .await
+                            .ok()?;
+                        if res.status() != StatusCode::OK {
+                            return None;
+                        }
+                        let id = res.headers().get("x-tally-call-id")?.to_str().ok()?.to_owned();
+                        let cost: i64 = res.headers().get("x-tally-cost-micros")?.to_str().ok()?.parse().ok()?;
+                        res.bytes().await.ok()?;
+                        Some((id, cost))
+                    };
+                    match call.await {
+                        Some(c) => {
+                            mine.push(c);
+                            if count.fetch_add(1, Ordering::SeqCst) + 1 == 10 {
+                                ten.notify_one();
+                            }
+                        }
+                        // Cut off: the server is gone.
+                        None => return (mine, true),
+                    }
                 }
-                let id = res.headers().get("x-tally-call-id")?.to_str().ok()?.to_owned();
-                let cost: i64 = res.headers().get("x-tally-cost-micros")?.to_str().ok()?.parse().ok()?;
-                res.bytes().await.ok()?;
-                Some((id, cost))
-            }
+                (mine, false)
+            })
         })
         .collect();
+    ten.notified().await;
+    server.0.kill().expect("SIGKILL");
     let mut answered = Vec::new();
-    while let Some(result) = calls.next().await {
-        if let Some(call) = result {
-            answered.push(call);
-            if answered.len() == 10 {
-                server.0.kill().expect("SIGKILL");
-            }
-        }
+    let mut cut = 0;
+    for w in workers {
+        let (mine, was_cut) = w.await.unwrap();
+        answered.extend(mine);
+        cut += usize::from(was_cut);
     }
     drop(server);
     assert!(answered.len() >= 10, "{} answered", answered.len());
+    // The kill really cut calls off: every client lost a call to it.
+    assert_eq!(
+        cut, 16,
+        "{cut} of 16 clients had a call cut off by the kill"
+    );
 
     let store = Store::connect(&ConnectOptions {
         url: db.url.clone(),

@@ -115,12 +115,31 @@ async fn events_of_one_namespace_never_appear_in_another(backend: Backend) {
     let app = spawn_app(backend).await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
-    app.patch(
-        &format!("/api/v1/namespaces/{}", alice.namespace_id),
-        &alice.token,
-        json!({"name": "Alice secret project"}),
+    let res = app
+        .patch(
+            &format!("/api/v1/namespaces/{}", alice.namespace_id),
+            &alice.token,
+            json!({"name": "Alice secret project"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Alice's own log has the rename, so there is something to leak.
+    let alices: EventPage = json(
+        app.get(
+            &format!("/api/v1/namespaces/{}/events", alice.namespace_id),
+            Some(&alice.token),
+        )
+        .await,
+        StatusCode::OK,
     )
     .await;
+    assert!(
+        alices
+            .items
+            .iter()
+            .any(|e| e.kind == "namespace.renamed" && e.message.contains("Alice secret project")),
+        "the rename is logged in Alice's namespace"
+    );
     let page: EventPage = json(
         app.get(
             &format!("/api/v1/namespaces/{}/events", bob.namespace_id),
@@ -130,6 +149,10 @@ async fn events_of_one_namespace_never_appear_in_another(backend: Backend) {
         StatusCode::OK,
     )
     .await;
+    assert!(
+        page.items.iter().any(|e| e.kind == "namespace.created"),
+        "Bob sees his own events"
+    );
     for event in &page.items {
         assert!(
             event.namespace_id.is_none()

@@ -22,7 +22,7 @@ backend_tests!(
     bad_revoked_expired_and_out_of_scope_keys_get_clear_errors,
     a_revocation_reaches_another_instance_within_a_second,
     rate_limits_answer_429_with_retry_after_and_ratelimit_headers,
-    quotas_stop_a_key_until_the_period_resets,
+    quotas_stop_a_key_and_say_when_the_period_resets,
     exactly_the_calls_a_balance_covers_succeed_when_they_race,
     live_calls_reach_the_upstream_with_its_credential_and_pay_by_tokens,
     streams_pass_through_and_are_billed_from_their_usage_event,
@@ -537,7 +537,7 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_headers(backend: 
     assert_eq!(page.items[0].cost_micros, 0);
 }
 
-async fn quotas_stop_a_key_until_the_period_resets(backend: Backend) {
+async fn quotas_stop_a_key_and_say_when_the_period_resets(backend: Backend) {
     let app = spawn_app(backend).await;
     let user = app.signup("dev").await;
     let key = create_key(

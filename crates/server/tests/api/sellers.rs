@@ -316,6 +316,12 @@ async fn concurrent_calls_credit_the_seller_exactly_once_per_paid_call(backend: 
         .collect();
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count() as i64;
     assert_eq!(ok, PAID, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::PAYMENT_REQUIRED),
+        "every call the balance did not cover got 402: {statuses:?}"
+    );
     assert_eq!(balance(&app, &buyer, Environment::Live).await, 0);
     // 25% fee: the seller nets 0.075 per call.
     assert_eq!(
