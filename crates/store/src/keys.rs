@@ -143,21 +143,6 @@ pub async fn list(
     rows.iter().map(from_row).collect()
 }
 
-/// The key a secret belongs to, if that secret is still accepted (not past a
-/// rotation deadline). Revocation and expiry of the key are the caller's to check.
-pub async fn by_secret_hash(conn: &mut AnyConnection, secret_hash: &str) -> Result<Option<KeyRow>> {
-    let sql = format!(
-        "{SELECT} JOIN api_key_secrets sec ON sec.key_id = k.id \
-         WHERE sec.secret_hash = $2 AND (sec.expires_at IS NULL OR sec.expires_at > $1)"
-    );
-    let row = sqlx::query(&sql)
-        .bind(now_ms())
-        .bind(secret_hash)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
-}
-
 /// The key a secret belongs to and when that secret stops working (set once
 /// the key was rotated), whatever the key's state; the gateway tells revoked,
 /// expired and rotated-out secrets apart with it.

@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_common::{
-    ApiKey, CreatedKey, Environment, ErrorCode, EventPage, KeyAudit, KeyList, KeyStatus,
+    ApiKey, CreatedKey, Environment, ErrorBody, ErrorCode, EventPage, KeyAudit, KeyList, KeyStatus,
 };
 use tally_store::sqlx::{self, Row};
 
@@ -11,7 +11,7 @@ backend_tests!(
     a_new_key_shows_its_secret_once_and_only_a_hash_is_stored,
     keys_are_listed_newest_first_and_filtered_by_environment_status_and_label,
     bad_key_input_is_rejected_and_creates_nothing,
-    rotation_keeps_the_old_secret_until_the_grace_deadline,
+    rotation_keeps_the_old_secret_at_the_gateway_until_the_grace_deadline,
     revocation_is_final_and_every_change_is_audited,
     only_developers_admins_and_owners_manage_keys,
     keys_of_another_namespace_are_never_visible,
@@ -31,13 +31,22 @@ async fn create_key(app: &TestApp, user: &User, body: Value) -> CreatedKey {
 }
 
 /// The key a secret authenticates as, as the gateway will look it up.
-async fn key_for_secret(app: &TestApp, secret: &str) -> Option<String> {
-    let mut conn = app.store.conn().await.unwrap();
-    let hash = tally_server::auth::tokens::sha256_hex(secret);
-    tally_store::keys::by_secret_hash(&mut conn, &hash)
+/// Whether the gateway takes `secret`, asked as production asks it: a real
+/// authenticated call (`GET /v1/models`), through the key cache; otherwise the
+/// error code it gives.
+async fn gateway_takes(app: &TestApp, secret: &str) -> Result<(), ErrorCode> {
+    let res = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth(secret)
+        .send()
         .await
-        .unwrap()
-        .map(|k| k.id)
+        .unwrap();
+    if res.status() == StatusCode::OK {
+        return Ok(());
+    }
+    let body: ErrorBody = res.json().await.unwrap();
+    Err(body.error.code)
 }
 
 async fn a_new_key_shows_its_secret_once_and_only_a_hash_is_stored(backend: Backend) {
@@ -90,11 +99,11 @@ async fn a_new_key_shows_its_secret_once_and_only_a_hash_is_stored(backend: Back
             }
         }
     }
+    assert_eq!(gateway_takes(&app, &created.secret).await, Ok(()));
     assert_eq!(
-        key_for_secret(&app, &created.secret).await,
-        Some(key.id.clone())
+        gateway_takes(&app, "tk_test_wrong").await,
+        Err(ErrorCode::InvalidApiKey)
     );
-    assert_eq!(key_for_secret(&app, "tk_test_wrong").await, None);
 }
 
 async fn keys_are_listed_newest_first_and_filtered_by_environment_status_and_label(
@@ -209,7 +218,7 @@ async fn bad_key_input_is_rejected_and_creates_nothing(backend: Backend) {
     assert_eq!(now, key.key);
 }
 
-async fn rotation_keeps_the_old_secret_until_the_grace_deadline(backend: Backend) {
+async fn rotation_keeps_the_old_secret_at_the_gateway_until_the_grace_deadline(backend: Backend) {
     let app = spawn_app(backend).await;
     let user = app.signup("dev").await;
     let first = create_key(&app, &user, json!({"name": "k", "environment": "live"})).await;
@@ -227,24 +236,43 @@ async fn rotation_keeps_the_old_secret_until_the_grace_deadline(backend: Backend
     assert_eq!(second.key.id, first.key.id);
     assert_eq!(second.key.last4, second.secret[second.secret.len() - 4..]);
     assert!(second.key.previous_secret_expires_at.is_some());
-    assert_eq!(
-        key_for_secret(&app, &first.secret).await,
-        Some(first.key.id.clone())
-    );
-    assert_eq!(
-        key_for_secret(&app, &second.secret).await,
-        Some(first.key.id.clone())
-    );
+    assert_eq!(gateway_takes(&app, &first.secret).await, Ok(()));
+    assert_eq!(gateway_takes(&app, &second.secret).await, Ok(()));
 
     // Rotating with no grace ends every earlier secret at once.
     let third = rotate(json!({"grace_seconds": 0})).await;
-    assert_eq!(key_for_secret(&app, &first.secret).await, None);
-    assert_eq!(key_for_secret(&app, &second.secret).await, None);
     assert_eq!(
-        key_for_secret(&app, &third.secret).await,
-        Some(first.key.id.clone())
+        gateway_takes(&app, &first.secret).await,
+        Err(ErrorCode::KeyExpired)
     );
+    assert_eq!(
+        gateway_takes(&app, &second.secret).await,
+        Err(ErrorCode::KeyExpired)
+    );
+    assert_eq!(gateway_takes(&app, &third.secret).await, Ok(()));
     assert!(third.key.previous_secret_expires_at.is_none());
+
+    // A short grace: the old secret works (and is cached) until its deadline
+    // passes, then the gateway refuses it while the new one keeps working.
+    let fourth = rotate(json!({"grace_seconds": 1})).await;
+    assert_eq!(gateway_takes(&app, &third.secret).await, Ok(()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match gateway_takes(&app, &third.secret).await {
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the old secret still works 10 s after a grace of 1 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(code) => {
+                assert_eq!(code, ErrorCode::KeyExpired);
+                break;
+            }
+        }
+    }
+    assert_eq!(gateway_takes(&app, &fourth.secret).await, Ok(()));
 }
 
 async fn revocation_is_final_and_every_change_is_audited(backend: Backend) {
@@ -299,10 +327,10 @@ async fn revocation_is_final_and_every_change_is_audited(backend: Backend) {
     )
     .await;
     assert_eq!(again.revoked_at, revoked.revoked_at);
-    // The revoked key's secrets still map to it; the gateway refuses it by status.
+    // The gateway refuses the revoked key's secret as revoked, at once.
     assert_eq!(
-        key_for_secret(&app, &rotated.secret).await,
-        Some(key.key.id.clone())
+        gateway_takes(&app, &rotated.secret).await,
+        Err(ErrorCode::KeyRevoked)
     );
 
     let audit: KeyAudit = json(
