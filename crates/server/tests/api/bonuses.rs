@@ -192,7 +192,8 @@ async fn only_operators_grant_bonuses_and_only_members_see_them(backend: Backend
         json!({"environment": "live", "amount_micros": 1000, "reason": "bribe"}),
     )
     .await;
-    assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
+    // A reason outside the list does not parse as a grant at all.
+    assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::InvalidJson).await;
     assert_eq!(
         balance(&app, &user, Environment::Live).await,
         0,
