@@ -8,8 +8,8 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_common::{
-    Balances, CatalogAdminList, CatalogList, CreatedKey, Environment, ErrorCode, FaucetResult,
-    KeyStats, LedgerPage, PlaygroundResponse, UsagePage,
+    Balances, CatalogAdminList, CatalogApiAdmin, CatalogList, CreatedKey, Environment, ErrorCode,
+    FaucetResult, KeyStats, LedgerPage, PlaygroundResponse, UsagePage,
 };
 
 use crate::helpers::{
@@ -32,6 +32,7 @@ backend_tests!(
     the_faucet_tops_up_test_credits_once_per_cooldown,
     the_playground_calls_with_a_chosen_key_and_reports_the_cost,
     usage_credits_and_stats_of_another_namespace_are_never_visible,
+    one_model_and_one_catalog_api_are_read_by_their_ids,
 );
 
 /// What the mock upstream saw.
@@ -1208,4 +1209,65 @@ async fn usage_credits_and_stats_of_another_namespace_are_never_visible(backend:
         .await;
     assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
     assert!(usage(&app, &mallory, "").await.items.is_empty());
+}
+
+/// `GET /v1/models/{model}` answers a model the key may call and 404s one it
+/// may not (or that does not exist); `GET /api/v1/admin/catalog/{slug}` gives
+/// operators one API's configuration and nobody else.
+async fn one_model_and_one_catalog_api_are_read_by_their_ids(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let operator = app.signup_operator("op").await;
+    let dev = app.signup("dev").await;
+    add_api(
+        &app,
+        &operator,
+        json!({"slug": "alpha", "name": "Alpha", "models": ["alpha-1"],
+            "upstreams": [{"url": "http://127.0.0.1:9"}], "pricing": {"per_request_micros": 7}}),
+    )
+    .await;
+    let any = test_key(&app, &dev).await;
+    let scoped = create_key(
+        &app,
+        &dev,
+        json!({"name": "s", "environment": "test", "allowed_apis": ["sandbox"]}),
+    )
+    .await
+    .secret;
+    let get = |secret: String, model: &'static str| {
+        app.client
+            .get(app.url(&format!("/v1/models/{model}")))
+            .bearer_auth(secret)
+            .send()
+    };
+    let m: Value = json(get(any.clone(), "alpha-1").await.unwrap(), StatusCode::OK).await;
+    assert_eq!(
+        (m["id"].as_str(), m["owned_by"].as_str()),
+        (Some("alpha-1"), Some("alpha"))
+    );
+    assert_eq!(m["object"], "model");
+    for (secret, model) in [(any.clone(), "nope-1"), (scoped.clone(), "alpha-1")] {
+        let res = get(secret, model).await.unwrap();
+        assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    }
+    let res = get("tk_test_wrong".into(), "alpha-1").await.unwrap();
+    assert_error(res, StatusCode::UNAUTHORIZED, ErrorCode::InvalidApiKey).await;
+
+    let api: CatalogApiAdmin = json(
+        app.get("/api/v1/admin/catalog/alpha", Some(&operator.token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(api.config.slug, "alpha");
+    assert_eq!(api.config.models, ["alpha-1"]);
+    assert_eq!(api.config.pricing.per_request_micros, 7);
+    assert_eq!(api.source, "api");
+    let res = app
+        .get("/api/v1/admin/catalog/nope", Some(&operator.token))
+        .await;
+    assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    let res = app
+        .get("/api/v1/admin/catalog/alpha", Some(&dev.token))
+        .await;
+    assert_error(res, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
 }
