@@ -6,7 +6,7 @@
 //! These tests need PostgreSQL (`TALLY_TEST_DATABASE_URL`); in CI (`CI` set)
 //! its absence is a failure, not a skip.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -14,40 +14,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::helpers::{postgres_enabled, test_settings, Backend, TestDatabase};
+use crate::helpers::{postgres_enabled, test_settings, Backend, TallyProcess, TestDatabase};
 
-/// One `tally serve` process; killed (SIGKILL) when dropped.
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGKILL: no shutdown, no lease returned.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+type Node = TallyProcess;
 
 /// The PostgreSQL test database, or `None` to skip outside CI.
 async fn cluster_database() -> Option<TestDatabase> {
@@ -65,53 +34,21 @@ async fn cluster_database() -> Option<TestDatabase> {
 /// Starts an instance on `db` with `env` settings on top of the cluster
 /// test's own; its log goes to `<data dir>/<name>.log`.
 async fn start_node(db: &TestDatabase, name: &str, env: &[(&str, &str)]) -> Node {
-    let port = free_port();
     let dir = db.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::File::create(db.dir.path().join(format!("{name}.log"))).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-    cmd.args([
-        "serve",
-        "--bind",
-        &format!("127.0.0.1:{port}"),
-        "--static-dir",
-        "/nonexistent",
-    ])
-    .arg("--data-dir")
-    .arg(&dir)
-    .args(["--database-url", &db.url])
-    .env("TALLY_AUTH__ARGON2_MEMORY_KIB", "1024")
-    .env("TALLY_AUTH__ARGON2_ITERATIONS", "1")
-    .env("TALLY_AUTH__IP_REQUESTS_PER_MINUTE", "0")
-    .env("TALLY_AUTH__SIGNUPS_PER_IP_PER_HOUR", "0")
-    .env("TALLY_AUTH__SIGNUPS_PER_EMAIL_PER_HOUR", "0")
-    .env("TALLY_GATEWAY__WELCOME_TEST_CREDITS_MICROS", "0")
-    .env("TALLY_CLUSTER__LEASE_TTL_SECS", "3")
-    .env("TALLY_CLUSTER__LEASE_IDLE_SECS", "1")
-    .env("TALLY_BILLING__ALERT_CHECK_INTERVAL_MS", "200")
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::from(log.try_clone().unwrap()))
-    .stderr(Stdio::from(log));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let node = Node {
-        child: cmd.spawn().expect("start tally"),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..400 {
-        if let Ok(res) = client.get(node.url("/readyz")).send().await {
-            if res.status().is_success() {
-                return node;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "instance {name} did not start: {}",
-        std::fs::read_to_string(db.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    );
+    let log = db.dir.path().join(format!("{name}.log"));
+    let mut all = vec![
+        ("TALLY_AUTH__IP_REQUESTS_PER_MINUTE", "0"),
+        ("TALLY_AUTH__SIGNUPS_PER_IP_PER_HOUR", "0"),
+        ("TALLY_AUTH__SIGNUPS_PER_EMAIL_PER_HOUR", "0"),
+        ("TALLY_GATEWAY__WELCOME_TEST_CREDITS_MICROS", "0"),
+        ("TALLY_CLUSTER__LEASE_TTL_SECS", "3"),
+        ("TALLY_CLUSTER__LEASE_IDLE_SECS", "1"),
+        ("TALLY_BILLING__ALERT_CHECK_INTERVAL_MS", "200"),
+        ("RUST_LOG", "info"),
+    ];
+    all.extend_from_slice(env);
+    TallyProcess::start(&db.url, &dir, Some(&log), &all).await
 }
 
 /// An operator (made as `tally admin create-operator` makes one), logged in

@@ -2,10 +2,8 @@
 //! the server is killed (SIGKILL) right after answering it.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -13,61 +11,15 @@ use tally_common::Environment;
 use tally_store::{ConnectOptions, Store};
 use tokio::sync::Notify;
 
-use crate::helpers::{backend_tests, Backend, TestDatabase};
+use crate::helpers::{backend_tests, Backend, TallyProcess, TestDatabase};
 
 backend_tests!(answered_calls_survive_a_kill_right_after_the_response);
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn answered_calls_survive_a_kill_right_after_the_response(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args([
-                "serve",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--static-dir",
-                "/nonexistent",
-            ])
-            .arg("--data-dir")
-            .arg(db.dir.path())
-            .args(["--database-url", &db.url])
-            .env("TALLY_AUTH__ARGON2_MEMORY_KIB", "1024")
-            .env("TALLY_AUTH__ARGON2_ITERATIONS", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tally"),
-    );
+    let mut server = TallyProcess::start(&db.url, db.dir.path(), None, &[]).await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the server started");
 
     let auth: Value = client
         .post(format!("{base}/api/v1/auth/signup"))
@@ -144,7 +96,7 @@ async fn answered_calls_survive_a_kill_right_after_the_response(backend: Backend
         })
         .collect();
     ten.notified().await;
-    server.0.kill().expect("SIGKILL");
+    server.kill();
     let mut answered = Vec::new();
     let mut cut = 0;
     for w in workers {

@@ -6,7 +6,8 @@
 //! variable the PostgreSQL variants say so on stderr and pass locally; under CI
 //! (`CI` set) its absence fails them, so they can never be skipped silently there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -444,4 +445,90 @@ pub async fn grant(app: &TestApp, operator: &User, to: &User, env: &str, micros:
         )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+/// A `tally serve` process of the test build on a free port, for tests that
+/// kill it or run several; killed (SIGKILL) when dropped.
+pub struct TallyProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl TallyProcess {
+    /// Starts `tally serve` on `database_url` with `data_dir`, cheap
+    /// Argon2id and `RUST_LOG=warn`, then `env` on top; its output goes to
+    /// `log` (or nowhere). Returns once `/readyz` answers.
+    pub async fn start(
+        database_url: &str,
+        data_dir: &Path,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> TallyProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--static-dir",
+            "/nonexistent",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database-url", database_url])
+        .env("TALLY_AUTH__ARGON2_MEMORY_KIB", "1024")
+        .env("TALLY_AUTH__ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", "warn");
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).unwrap();
+                cmd.stdout(Stdio::from(file.try_clone().unwrap()))
+                    .stderr(Stdio::from(file));
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = TallyProcess {
+            child: cmd.spawn().expect("start tally"),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..400 {
+            if let Ok(res) = client.get(process.url("/readyz")).send().await {
+                if res.status().is_success() {
+                    return process;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "tally did not start: {}",
+            log.and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TallyProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
