@@ -151,27 +151,19 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) {
     let step = (SPAN_DAYS * 86_400_000) as f64 / events as f64;
     let t0 = Instant::now();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut recorder = store
-        .sqlite_file()
-        .map(|p| tally_store::recorder::SqliteRecorder::open(p).expect("recorder"));
+    let mut writer = tally_store::recording::Writer::open(&store)
+        .await
+        .expect("writer");
     let mut i = 0u64;
     while i < events {
         let n = (events - i).min(BATCH as u64);
         let batch: Vec<CallRecord> = (i..i + n)
             .map(|j| make(&ns, j, start, step, &mut rng))
             .collect();
-        match recorder.as_mut() {
-            Some(r) => r
-                .record_calls(&batch, tally_store::now_ms())
-                .expect("record"),
-            None => {
-                let mut tx = store.begin().await.expect("begin");
-                tally_store::recording::record_calls(&mut tx, &batch, tally_store::now_ms(), None)
-                    .await
-                    .expect("record");
-                tx.commit().await.expect("commit");
-            }
-        }
+        writer
+            .record_calls(&batch, tally_store::now_ms())
+            .await
+            .expect("record");
         i += n;
         if i % 1_000_000 < n {
             println!(

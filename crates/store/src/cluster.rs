@@ -5,7 +5,7 @@
 //! - `balances.reserved_micros` is always the sum of the account's
 //!   `credit_leases` rows: every statement here that changes a lease changes
 //!   the reservation by the same amount in the same statement, and a capture
-//!   ([`crate::recording::record_calls`]) takes its cost out of both. The
+//!   ([`crate::pg_recorder::PgRecorder`]) takes its cost out of both. The
 //!   database's checks (balance ≥ 0, 0 ≤ reserved ≤ balance) refuse anything
 //!   that would over-commit a balance, whatever an instance believes.
 //! - An instance that has not heartbeaten for the lease timeout is dead: any

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod ledger;
 pub mod monitoring;
 pub mod namespaces;
+pub mod pg_recorder;
 pub mod recorder;
 pub mod recording;
 pub mod rollups;
@@ -146,6 +147,18 @@ pub struct Store {
     backend: Backend,
     /// The database file, on SQLite (not for in-memory databases).
     sqlite_file: Option<PathBuf>,
+    /// How to open a connection outside the pool, on PostgreSQL.
+    postgres: Option<PgOptions>,
+}
+
+/// PostgreSQL connection options, kept out of `Debug` (they hold the password).
+#[derive(Clone)]
+struct PgOptions(std::sync::Arc<sqlx::postgres::PgConnectOptions>);
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgOptions(..)")
+    }
 }
 
 /// Options for [`Store::connect`].
@@ -176,6 +189,12 @@ impl Store {
             }
             Backend::Postgres => None,
         };
+        let postgres = match backend {
+            Backend::Postgres => Some(PgOptions(std::sync::Arc::new(
+                sqlx::postgres::PgConnectOptions::from_str(&opts.url)?,
+            ))),
+            Backend::Sqlite => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -197,6 +216,7 @@ impl Store {
             pool,
             backend,
             sqlite_file,
+            postgres,
         })
     }
 
@@ -218,6 +238,15 @@ impl Store {
     /// gateway's writer); `None` on PostgreSQL and for in-memory databases.
     pub fn sqlite_file(&self) -> Option<&Path> {
         self.sqlite_file.as_deref()
+    }
+
+    /// The gateway's writer on PostgreSQL, on a connection of its own
+    /// ([`pg_recorder`]); `None` on SQLite.
+    pub async fn pg_recorder(&self) -> Result<Option<pg_recorder::PgRecorder>> {
+        match &self.postgres {
+            Some(options) => Ok(Some(pg_recorder::PgRecorder::connect(&options.0).await?)),
+            None => Ok(None),
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {

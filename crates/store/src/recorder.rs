@@ -6,8 +6,8 @@
 //!   each statement of an SQLite connection on a worker thread behind a
 //!   channel, and the `Any` driver converts every argument and row on the way;
 //!   for a batch of small inserts that costs more than SQLite itself. This
-//!   connection runs the statements of [`crate::recording::Plan`], the very
-//!   texts [`crate::recording::record_calls`] runs on PostgreSQL, on the thread
+//!   connection runs the statements of [`crate::recording::Plan`] (the rows
+//!   [`crate::pg_recorder::PgRecorder`] writes on PostgreSQL) on the thread
 //!   that owns it through cached prepared statements, in one `BEGIN IMMEDIATE`
 //!   transaction per batch. It links the same SQLite library as sqlx.
 //! - Durability is unchanged: `COMMIT` returns once the batch is in the WAL
@@ -73,8 +73,7 @@ impl SqliteRecorder {
     }
 
     /// Records a batch of (cleaned) calls in a transaction of its own: the
-    /// statements of [`Plan`], as [`crate::recording::record_calls`] runs them on
-    /// PostgreSQL. Nothing is written unless it all commits.
+    /// statements of [`Plan`]. Nothing is written unless it all commits.
     pub fn record_calls(&mut self, calls: &[CallRecord], now: i64) -> Result<()> {
         // BEGIN and COMMIT are cached statements too, not parsed per batch.
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;

@@ -1,15 +1,18 @@
-//! Recording gateway calls: the statements of one group commit, shared by the
-//! SQLite writer thread and the PostgreSQL writer.
+//! Recording gateway calls: what one group commit writes, for the SQLite
+//! writer thread and the PostgreSQL writer alike.
 //!
 //! Policy:
-//! - One SQL text per statement. A batch is turned into a [`Plan`]: the usage
-//!   rows and rollup upserts ([`Plan::writes`]), one balance update per account
-//!   that returns the new balance ([`Plan::balance_updates`]), then the ledger
+//! - One plan, two renderings. A batch is turned into a [`Plan`]: its usage
+//!   rows, its rollup cells aggregated per key, its ledger entries and what it
+//!   moves on each account. [`crate::recorder::SqliteRecorder`] runs the
+//!   plan's statements ([`Plan::writes`], one balance update per account that
+//!   returns the new balance ([`Plan::balance_updates`]), then the ledger
 //!   entries whose balance-after is counted back from those balances
-//!   ([`Plan::ledger`]). [`crate::recorder::SqliteRecorder`] runs the plan on
-//!   its own rusqlite connection and [`record_calls`] through
-//!   sqlx; both bind the same parameters in the same order to the same text,
-//!   so the two backends cannot drift apart (a test compares their rows).
+//!   ([`Plan::ledger`])) on its own rusqlite connection;
+//!   [`crate::pg_recorder::PgRecorder`] sends the same rows as arrays to one
+//!   statement. A test writes the same calls through both and compares every
+//!   table row for row, so the backends cannot drift apart. [`Writer`] opens
+//!   the store's one for loaders, benchmarks and tests.
 //! - Placeholders are `$N`, numbered in the order they first appear: sqlx
 //!   passes them to both databases, and SQLite gives a repeated `$N` the index
 //!   of its first appearance, so positional binding agrees on both.
@@ -26,9 +29,11 @@ use std::collections::HashMap;
 use sqlx::{AnyConnection, Row};
 use tally_common::Environment;
 
+use crate::pg_recorder::PgRecorder;
+use crate::recorder::SqliteRecorder;
 use crate::rollups::{self, RollupCell, RollupKey, Table};
 use crate::usage::CallRecord;
-use crate::Result;
+use crate::{Result, Store};
 
 /// Usage rows per multi-row INSERT.
 const USAGE_CHUNK: usize = 32;
@@ -158,12 +163,6 @@ pub async fn move_balance(
         None => Err(no_balance(ns, env)),
     }
 }
-
-/// Takes `$1` spent by calls out of an instance's lease on an account, if the
-/// lease still holds that much (O5).
-const SPEND_LEASE: &str = "UPDATE credit_leases SET amount_micros = amount_micros - $1, \
-     updated_at = $2 WHERE instance_id = $3 AND namespace_id = $4 AND environment = $5 \
-     AND amount_micros >= $1";
 
 /// `($1,…,$arity),($arity+1,…)` for `rows` rows.
 fn values(rows: usize, arity: usize) -> String {
@@ -308,6 +307,16 @@ impl<'a> Plan<'a> {
             }
         }
         out
+    }
+
+    /// Each account the batch moves and by how much, sorted by account.
+    pub(crate) fn totals(&self) -> &[(&'a str, Environment, i64)] {
+        &self.totals
+    }
+
+    /// The batch's ledger entries, in call order (balance-after not filled in).
+    pub(crate) fn lines(&self) -> &[Line<'a>] {
+        &self.lines
     }
 
     /// The accounts the batch moves, in the order of [`Plan::balance_updates`].
@@ -482,56 +491,36 @@ impl CallRecord {
     }
 }
 
-/// Records a batch of (cleaned) calls through sqlx: the statements of
-/// [`Plan`], the same the SQLite writer runs. Run it in a transaction.
-///
-/// `lease_holder` is this instance when its holds come from credit leases
-/// (O5): what the calls spent leaves the lease and the account's reservation
-/// with the balance. A lease that no longer holds it (taken back from an
-/// instance that stopped heartbeating) leaves both alone, and the balance's
-/// own floor is then the last guard.
-pub async fn record_calls(
-    conn: &mut AnyConnection,
-    calls: &[CallRecord],
-    now: i64,
-    lease_holder: Option<&str>,
-) -> Result<()> {
-    let mut plan = Plan::new(calls);
-    for s in plan.writes() {
-        bind(&s).execute(&mut *conn).await?;
-    }
-    let mut from_leases = Vec::new();
-    if let Some(instance) = lease_holder {
-        for spent in plan.spent() {
-            let taken = sqlx::query(SPEND_LEASE)
-                .bind(spent.micros)
-                .bind(now)
-                .bind(instance)
-                .bind(spent.namespace_id)
-                .bind(spent.environment.as_str())
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if taken == 1 {
-                from_leases.push(spent);
-            }
+/// The gateway's batch writer of a store's backend, for whoever records calls
+/// outside the gateway (loaders, benchmarks, tests): the very writers the
+/// gateway runs, [`SqliteRecorder`] on SQLite and [`PgRecorder`] on
+/// PostgreSQL.
+pub enum Writer {
+    Sqlite(SqliteRecorder),
+    Postgres(PgRecorder),
+}
+
+impl Writer {
+    /// Opens the backend's writer on a connection of its own. SQLite needs a
+    /// database file (not an in-memory database).
+    pub async fn open(store: &Store) -> Result<Writer> {
+        if let Some(path) = store.sqlite_file() {
+            return Ok(Writer::Sqlite(SqliteRecorder::open(path)?));
+        }
+        match store.pg_recorder().await? {
+            Some(pg) => Ok(Writer::Postgres(pg)),
+            None => Err(crate::StoreError::UnsupportedUrl),
         }
     }
-    let mut balances = Vec::new();
-    for (s, (ns, env)) in plan
-        .balance_updates(now, &from_leases)
-        .iter()
-        .zip(plan.accounts())
-    {
-        match bind(s).fetch_optional(&mut *conn).await? {
-            Some(row) => balances.push(row.try_get(0)?),
-            None => return Err(no_balance(ns, env)),
+
+    /// Records a batch of (cleaned) calls in one transaction, on one instance
+    /// (no credit leases). On SQLite this blocks the thread for the commit.
+    pub async fn record_calls(&mut self, calls: &[CallRecord], now: i64) -> Result<()> {
+        match self {
+            Writer::Sqlite(w) => w.record_calls(calls, now),
+            Writer::Postgres(w) => w.record_calls(calls, now, None).await,
         }
     }
-    for s in plan.ledger(&balances, now) {
-        bind(&s).execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 fn bind<'q>(

@@ -248,7 +248,7 @@ pub fn aggregate(calls: &[CallRecord]) -> Vec<(RollupKey<'_>, RollupCell)> {
     out
 }
 
-const KEY_COLUMNS: [&str; 11] = [
+pub(crate) const KEY_COLUMNS: [&str; 11] = [
     "namespace_id",
     "environment",
     "bucket",
@@ -261,7 +261,7 @@ const KEY_COLUMNS: [&str; 11] = [
     "client_id",
     "subcloud",
 ];
-const SUM_COLUMNS: [&str; 6] = [
+pub(crate) const SUM_COLUMNS: [&str; 6] = [
     "calls",
     "errors",
     "cost_micros",
@@ -292,10 +292,7 @@ pub fn hist_sums() -> &'static str {
 
 /// The upsert of `rows` rows into `table`, placeholders `$1`… in order.
 pub fn upsert_sql(table: &str, rows: usize) -> String {
-    let mut cols: Vec<&str> = KEY_COLUMNS.to_vec();
-    cols.extend(SUM_COLUMNS);
-    cols.extend(hist_columns().iter().map(String::as_str));
-    let mut values = String::new();
+    let mut values = String::from("VALUES ");
     for r in 0..rows {
         if r > 0 {
             values.push(',');
@@ -310,13 +307,23 @@ pub fn upsert_sql(table: &str, rows: usize) -> String {
         }
         values.push(')');
     }
+    upsert_from(table, &values)
+}
+
+/// The upsert of `table`'s rows produced by `source` (`VALUES …`, or
+/// `SELECT * FROM …` yielding every column in order): sums and histogram
+/// are added to an existing row's.
+pub fn upsert_from(table: &str, source: &str) -> String {
+    let mut cols: Vec<&str> = KEY_COLUMNS.to_vec();
+    cols.extend(SUM_COLUMNS);
+    cols.extend(hist_columns().iter().map(String::as_str));
     let updates = cols[KEY_COLUMNS.len()..]
         .iter()
         .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "INSERT INTO {table} ({}) VALUES {values} ON CONFLICT ({}) DO UPDATE SET {updates}",
+        "INSERT INTO {table} ({}) {source} ON CONFLICT ({}) DO UPDATE SET {updates}",
         cols.join(", "),
         KEY_COLUMNS.join(", "),
     )

@@ -1,7 +1,7 @@
 //! Usage events (G4): the recorded gateway calls and their queries.
 //!
 //! Policy: the gateway's writer task hands every finished call to
-//! [`crate::recording::record_calls`] in batches; one transaction inserts the usage rows, the
+//! its backend's writer ([`crate::recording`]) in batches; one transaction inserts the usage rows, the
 //! ledger entries of the calls that cost something (the caller's debit and,
 //! for a seller's API, the seller's revenue and the platform's fee, C8), and
 //! moves each balance once. A call is acknowledged only after that

@@ -22,13 +22,16 @@
 //! - On SQLite the writer is a thread of its own with a direct connection
 //!   ([`tally_store::recorder`]): no async hops per statement, statements
 //!   prepared once, and a WAL checkpoint on the commit path ten times rarer
-//!   than SQLite's default. On PostgreSQL it is a task on the runtime using
-//!   the pool.
+//!   than SQLite's default. On PostgreSQL it is a task on the runtime with a
+//!   connection of its own, one statement per batch
+//!   ([`tally_store::pg_recorder`]).
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tally_store::pg_recorder::PgRecorder;
 use tally_store::recorder::SqliteRecorder;
 use tally_store::usage::CallRecord;
 use tally_store::{Store, StoreError};
@@ -211,12 +214,15 @@ fn start_sqlite(path: &Path, mut rx: mpsc::UnboundedReceiver<Job>) -> anyhow::Re
 
 async fn run(store: Store, lease_holder: Option<String>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(64);
+    // The writer's own connection, opened again after a failure that may
+    // have broken it.
+    let writer: Arc<tokio::sync::Mutex<Option<PgRecorder>>> = Arc::default();
     while let Some(first) = rx.recv().await {
         batch(first, &mut rx, &mut jobs);
         let calls: Vec<CallRecord> = jobs.iter().map(|j| j.call.clone()).collect();
         let ok = isolate(
             &calls,
-            |c| commit(&store, lease_holder.as_deref(), c),
+            |c| commit(&store, writer.clone(), lease_holder.as_deref(), c),
             |attempt| tokio::time::sleep(backoff(attempt)),
         )
         .await;
@@ -226,14 +232,29 @@ async fn run(store: Store, lease_holder: Option<String>, mut rx: mpsc::Unbounded
 
 async fn commit(
     store: &Store,
+    writer: Arc<tokio::sync::Mutex<Option<PgRecorder>>>,
     lease_holder: Option<&str>,
     calls: &[CallRecord],
 ) -> tally_store::Result<()> {
-    let mut tx = store.begin().await?;
-    tally_store::recording::record_calls(&mut tx, calls, tally_store::now_ms(), lease_holder)
-        .await?;
-    tx.commit().await?;
-    Ok(())
+    let mut slot = writer.lock().await;
+    let recorder = match &mut *slot {
+        Some(recorder) => recorder,
+        None => slot.insert(
+            store
+                .pg_recorder()
+                .await?
+                .ok_or(StoreError::UnsupportedUrl)?,
+        ),
+    };
+    let done = recorder
+        .record_calls(calls, tally_store::now_ms(), lease_holder)
+        .await;
+    if let Err(e) = &done {
+        if !e.refused_rows() {
+            *slot = None;
+        }
+    }
+    done
 }
 
 #[cfg(test)]

@@ -1002,12 +1002,9 @@ async fn both_writers_leave_identical_rows_for_the_same_calls() {
     for batch in calls.chunks(70) {
         recorder.record_calls(batch, now).unwrap();
     }
+    let mut pg_writer = pg_store.pg_recorder().await.unwrap().unwrap();
     for batch in calls.chunks(70) {
-        let mut tx = pg_store.begin().await.unwrap();
-        tally_store::recording::record_calls(&mut tx, batch, now, None)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        pg_writer.record_calls(batch, now, None).await.unwrap();
     }
     let (mut a, mut b) = (
         lite_store.conn().await.unwrap(),

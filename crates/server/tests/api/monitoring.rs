@@ -346,15 +346,17 @@ fn record(ns: &str, i: usize, time: i64, latency_us: i64) -> CallRecord {
     }
 }
 
-/// Writes records through the store's batch writer (the PostgreSQL path, which
-/// also runs on SQLite), in batches like the gateway's.
+/// Writes records through the gateway's own writer of the backend (the SQLite
+/// writer's connection, or the PostgreSQL one), in batches like the gateway's.
 async fn write(app: &TestApp, records: &[CallRecord]) {
+    let mut writer = tally_store::recording::Writer::open(&app.store)
+        .await
+        .unwrap();
     for chunk in records.chunks(500) {
-        let mut tx = app.store.begin().await.unwrap();
-        tally_store::recording::record_calls(&mut tx, chunk, tally_store::now_ms(), None)
+        writer
+            .record_calls(chunk, tally_store::now_ms())
             .await
             .unwrap();
-        tx.commit().await.unwrap();
     }
 }
 
