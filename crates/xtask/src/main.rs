@@ -24,8 +24,10 @@ mod bench;
 mod compress;
 mod http1;
 mod mock;
+mod nginx;
 mod pg;
 mod schemathesis;
+mod stream;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Trunk 0.22 needs a newer rustc than the toolchain the project builds with.
