@@ -21,6 +21,28 @@
 //! figures go in the table; throughput is one oha per instance, all at once, the concurrency
 //! split among them and their requests per second summed. With every instance on CPU 0, N
 //! instances show what coordinating through the database costs, not added capacity.
+//!
+//! Baseline proxy: nginx (`nginx.rs`: one worker, upstream keepalive, no buffering) on CPU 0 in
+//! front of the same mock gets the same runs as direct, and each gateway row shows its
+//! requests per second over nginx's: what Tally costs beside a proxy that does no work of its
+//! own. Without nginx (not installable) the report says why and has no such row.
+//!
+//! Options beyond the table, each run through direct, nginx, SQLite and the first PostgreSQL
+//! instance, after the latency and throughput runs:
+//! - `--rate N`: oha at a fixed N requests per second (`-q`, `--latency-correction`: latency
+//!   from when a request was due) with up to `RATE_CONCURRENCY` in flight; p50/p99 and the rate
+//!   achieved. Its answers count in the usage check.
+//! - `--stream`: `STREAMS` (1,000) paced streams (`stream.rs`; the mock's SSE answer in
+//!   `mock.rs`), each on its own connection, started over a ramp so that all are open at once;
+//!   TTFB and total p50/p99, the TTFB and total each gateway adds over direct and over nginx,
+//!   stalls and failures. Meanwhile this process (client and mock) runs on CPU 1. Checks: every
+//!   stream got every event and `[DONE]` (else `MISMATCH: FAILED`), and the gateway recorded as
+//!   many streamed (`request_type` "stream") 2xx usage events as streams completed.
+//! - `--soak SECS`: oha at `SOAK_RATE` for SECS, the tally process's memory read every
+//!   `SOAK_SAMPLE`; its answers count in the usage check.
+//! - Memory, always: VmRSS and VmHWM (`/proc/PID/status`) of tally (the first instance) and
+//!   nginx right after start-up, after the oha runs, at the highest reading during the streams
+//!   (every 100 ms) and after them.
 
 use std::collections::BTreeMap;
 use std::env;
