@@ -334,7 +334,7 @@ pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
 
     step("direct to the mock upstream");
     let mut direct = bench.measure("direct to the mock", DIRECT_SECRET, &[mock.addr])?;
-    bench.extras(&mut direct, DIRECT_SECRET, mock.addr, None, None)?;
+    bench.extras(&mut direct, DIRECT_SECRET, mock.addr, Serving::Direct, None)?;
 
     step("nginx (baseline proxy)");
     let (baseline, no_baseline) = match nginx::ensure(cx) {
@@ -402,23 +402,29 @@ impl Bench<'_> {
         note(format!("nginx on http://{}", proxy.addr));
         let idle = proxy.pid().and_then(memory);
         let mut row = self.measure("nginx (baseline proxy)", DIRECT_SECRET, &[proxy.addr])?;
-        self.extras(&mut row, DIRECT_SECRET, proxy.addr, proxy.pid(), idle)?;
+        let serving = Serving::Proxy(proxy.pid());
+        self.extras(&mut row, DIRECT_SECRET, proxy.addr, serving, idle)?;
         proxy.stop();
         Ok(row)
     }
 
     /// What follows the latency and throughput runs through one address, as the options ask:
-    /// the fixed-rate run, the streams, the soak; with `pid`, that process's memory after the
-    /// runs (`idle` is the reading taken after start-up), at the peak of the streams and after
-    /// them, and during the soak.
+    /// the fixed-rate run, the streams, and for a gateway (`tally` is its process id) the soak;
+    /// with a process id (`tally`, else `proxy`: nginx's), that process's memory after the runs
+    /// (`idle` is the reading taken after start-up), at the peak of the streams and after them,
+    /// and during the soak.
     fn extras(
         &self,
         row: &mut Measured,
         secret: &str,
         addr: SocketAddr,
-        pid: Option<u32>,
+        serving: Serving,
         idle: Option<Memory>,
     ) -> Result<()> {
+        let pid = match serving {
+            Serving::Direct => None,
+            Serving::Proxy(pid) | Serving::Tally(pid) => pid,
+        };
         let url = format!("http://{addr}/v1/chat/completions");
         if let Some(idle) = idle {
             row.memory.push(("idle, after start-up", idle));
@@ -463,12 +469,10 @@ impl Bench<'_> {
                 row.memory.push(("after the streams", now));
             }
         }
-        if let Some(secs) = self.opts.soak {
-            if pid.is_some() {
-                let (run, samples) = self.soak(secret, &url, secs, pid)?;
-                row.soak = Some(run);
-                row.soak_memory = samples;
-            }
+        if let (Some(secs), Serving::Tally(_)) = (self.opts.soak, serving) {
+            let (run, samples) = self.soak(secret, &url, secs, pid)?;
+            row.soak = Some(run);
+            row.soak_memory = samples;
         }
         Ok(())
     }
@@ -603,7 +607,7 @@ impl Bench<'_> {
         let upstream_before = self.mock.completions();
         step("through the gateway (SQLite, live key)");
         let mut row = self.measure("SQLite, 1 instance", &setup.secret, &[addr])?;
-        self.extras(&mut row, &setup.secret, addr, pid, idle)?;
+        self.extras(&mut row, &setup.secret, addr, Serving::Tally(pid), idle)?;
         let upstream_calls = self.mock.completions() - upstream_before;
         step("compare recorded usage with the 2xx answers");
         let recorded = setup.recorded_usage()?;
@@ -698,7 +702,7 @@ impl Bench<'_> {
 
         step("through the gateway (PostgreSQL, 1 instance, live key)");
         let mut row = self.measure("PostgreSQL, 1 instance", &setup.secret, &[first])?;
-        self.extras(&mut row, &setup.secret, first, pid, idle)?;
+        self.extras(&mut row, &setup.secret, first, Serving::Tally(pid), idle)?;
         let mut rows = vec![row];
         if instances > 1 {
             step(format!(
@@ -748,6 +752,17 @@ impl Bench<'_> {
     }
 }
 
+/// What answers at the address [`Bench::extras`] measures, with its process id when known.
+#[derive(Clone, Copy)]
+enum Serving {
+    /// The mock itself (threads of this process: no memory of its own to read).
+    Direct,
+    /// nginx.
+    Proxy(Option<u32>),
+    /// A tally instance: the soak runs only here.
+    Tally(Option<u32>),
+}
+
 /// The concurrency of each of `n` oha runs sharing `total`: as even as it gets.
 fn split(total: u32, n: usize) -> Vec<u32> {
     let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
@@ -766,7 +781,7 @@ pub(crate) struct Pinning {
 }
 
 impl Pinning {
-    fn detect(cx: &Ctx) -> Self {
+    pub(crate) fn detect(cx: &Ctx) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let enabled = cx.has("taskset") && cpus >= 2;
         if !enabled {

@@ -221,4 +221,46 @@ mod tests {
             assert!(text.contains(line), "{line}");
         }
     }
+
+    /// Installs nginx-light when it is missing, hence ignored by default:
+    /// `cargo test -p xtask -- --ignored nginx`.
+    #[test]
+    #[ignore]
+    fn proxies_calls_and_streams_to_the_mock() {
+        use crate::mock::{MockUpstream, STREAM_CHUNKS};
+        use crate::stream;
+
+        let cx = Ctx::new().unwrap();
+        let bin = ensure(&cx).unwrap();
+        let mock = MockUpstream::start().unwrap();
+        let pin = Pinning::detect(&cx);
+        let mut proxy = Nginx::start(&cx, &bin, &pin, mock.addr).unwrap();
+        let answer = crate::http1::request(
+            proxy.addr,
+            "POST",
+            "/v1/chat/completions",
+            Some("tk_live_x"),
+            Some(br#"{"model":"bench-model","messages":[]}"#),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200);
+        let plan = stream::Plan {
+            streams: 50,
+            ramp: Duration::from_millis(100),
+            per_stream: Duration::from_secs(20),
+            stall: Duration::from_secs(1),
+            events: STREAM_CHUNKS + 1,
+        };
+        let summary = stream::run(proxy.addr, "tk_live_x", plan)
+            .unwrap()
+            .summary();
+        assert_eq!(summary.complete, 50, "{:?}", summary.failures);
+        // Not buffered: the first event comes long before the stream ends.
+        assert!(summary.ttfb_p99.unwrap() * 4 < summary.total_p50.unwrap());
+        assert!(proxy.pid().is_some());
+        let dir = proxy.work.path.clone();
+        proxy.stop();
+        drop(proxy);
+        assert!(!dir.exists());
+    }
 }
