@@ -21,6 +21,28 @@
 //! figures go in the table; throughput is one oha per instance, all at once, the concurrency
 //! split among them and their requests per second summed. With every instance on CPU 0, N
 //! instances show what coordinating through the database costs, not added capacity.
+//!
+//! Baseline proxy: nginx (`nginx.rs`: one worker, upstream keepalive, no buffering) on CPU 0 in
+//! front of the same mock gets the same runs as direct, and each gateway row shows its
+//! requests per second over nginx's: what Tally costs beside a proxy that does no work of its
+//! own. Without nginx (not installable) the report says why and has no such row.
+//!
+//! Options beyond the table, each run through direct, nginx, SQLite and the first PostgreSQL
+//! instance, after the latency and throughput runs:
+//! - `--rate N`: oha at a fixed N requests per second (`-q`, `--latency-correction`: latency
+//!   from when a request was due) with up to `RATE_CONCURRENCY` in flight; p50/p99 and the rate
+//!   achieved. Its answers count in the usage check.
+//! - `--stream`: `STREAMS` (1,000) paced streams (`stream.rs`; the mock's SSE answer in
+//!   `mock.rs`), each on its own connection, started over a ramp so that all are open at once;
+//!   TTFB and total p50/p99, the TTFB and total each gateway adds over direct and over nginx,
+//!   stalls and failures. Meanwhile this process (client and mock) runs on CPU 1. Checks: every
+//!   stream got every event and `[DONE]` (else `MISMATCH: FAILED`), and the gateway recorded as
+//!   many streamed (`request_type` "stream") 2xx usage events as streams completed.
+//! - `--soak SECS`: oha at `SOAK_RATE` for SECS, the tally process's memory read every
+//!   `SOAK_SAMPLE`; its answers count in the usage check.
+//! - Memory, always: VmRSS and VmHWM (`/proc/PID/status`) of tally (the first instance) and
+//!   nginx right after start-up, after the oha runs, at the highest reading during the streams
+//!   (every 100 ms) and after them.
 
 use std::collections::BTreeMap;
 use std::env;
@@ -29,17 +51,19 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::http1;
-use crate::mock::{MockUpstream, HEALTH_PATH, MODEL};
+use crate::mock::{MockUpstream, HEALTH_PATH, MODEL, STREAM_CHUNKS};
+use crate::nginx::{self, Nginx};
 use crate::pg::{self, FreshDatabase};
 use crate::{
     build_tally, cargo_install, describe, exec, free_port, note, second_word, show, step, Ctx,
 };
+use crate::{http1, stream};
 
 const API_SLUG: &str = "bench";
 /// Live credits granted to the benchmark namespace: far more than any run can spend.
@@ -52,6 +76,16 @@ const CHAT_BODY: &str =
 const DIRECT_SECRET: &str = "tk_live_direct0000000000000000000000000000000000";
 /// How long a stopping instance may take to finish its calls before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(40);
+/// The concurrency of the fixed-rate runs (`--rate`, `--soak`): enough connections that oha
+/// can keep to the rate while answers are slow, so the latency is measured, not the queue.
+const RATE_CONCURRENCY: u32 = 64;
+/// The rate of `--soak`: steady and moderate, well under what a quiet core serves.
+const SOAK_RATE: u32 = 1000;
+/// How often `--soak` reads the tally process's memory.
+const SOAK_SAMPLE: Duration = Duration::from_secs(10);
+/// The open-file limit the benchmark asks for (tally and nginx inherit it): 1,000 streams
+/// are 1,000 client and 1,000 upstream sockets in this process, as many in the proxy.
+const OPEN_FILES: u64 = 16_384;
 
 /// How much load each phase sends.
 #[derive(Clone, Copy)]
@@ -60,21 +94,41 @@ struct Plan {
     latency_requests: u64,
     throughput_secs: u64,
     concurrency: u32,
+    /// How long each `--rate` run lasts.
+    rate_secs: u64,
+    /// The `--stream` runs.
+    streams: stream::Plan,
 }
+
+/// 1,000 streams started over half a second: each lasts about a second (`mock::STREAM_PACE`
+/// times `STREAM_CHUNKS`), so all of them are open together for about half a second.
+const STREAMS: stream::Plan = stream::Plan {
+    streams: 1000,
+    ramp: Duration::from_millis(500),
+    per_stream: Duration::from_secs(60),
+    stall: Duration::from_secs(1),
+    // The content chunks and the usage chunk.
+    events: STREAM_CHUNKS + 1,
+};
 
 const FULL: Plan = Plan {
     warmup: 300,
     latency_requests: 3000,
     throughput_secs: 10,
     concurrency: 32,
+    rate_secs: 10,
+    streams: STREAMS,
 };
 
-/// `--quick`: checks the plumbing in a few seconds; the figures are too noisy to quote.
+/// `--quick`: checks the plumbing in a few seconds; the figures are too noisy to quote. The
+/// streams stay 1,000: what is checked is that so many can be open at once.
 const QUICK: Plan = Plan {
     warmup: 30,
     latency_requests: 300,
     throughput_secs: 2,
     concurrency: 32,
+    rate_secs: 3,
+    streams: STREAMS,
 };
 
 /// `cargo xtask bench-monitoring`: the dashboard and monitoring queries over a
@@ -123,9 +177,16 @@ struct Options {
     instances: usize,
     /// `redis_url` of the PostgreSQL instances.
     redis: Option<String>,
+    /// Paced streams through every target.
+    stream: bool,
+    /// A fixed-rate latency run at this many requests per second through every target.
+    rate: Option<u32>,
+    /// Seconds of steady load on each tally, its memory read every `SOAK_SAMPLE`.
+    soak: Option<u64>,
 }
 
-const ACCEPTED: &str = "--quick, --postgres URL, --instances N, --redis URL";
+const ACCEPTED: &str =
+    "--quick, --postgres URL, --instances N, --redis URL, --stream, --rate N, --soak SECS";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self> {
@@ -133,6 +194,9 @@ impl Options {
         let mut postgres = None;
         let mut instances = None;
         let mut redis = None;
+        let mut stream = false;
+        let mut rate = None;
+        let mut soak = None;
         let mut rest = args.iter();
         while let Some(arg) = rest.next() {
             // `--flag value` or `--flag=value`.
@@ -148,6 +212,31 @@ impl Options {
             };
             match flag {
                 "--quick" if inline.is_none() => quick = true,
+                "--stream" if inline.is_none() => stream = true,
+                "--rate" => {
+                    let text = value()?;
+                    let n = text
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .with_context(|| {
+                            format!("--rate takes requests per second, at least 1, not `{text}`")
+                        })?;
+                    rate = Some(n);
+                }
+                "--soak" => {
+                    let text = value()?;
+                    let n = text
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .with_context(|| {
+                            format!(
+                                "--soak takes a whole number of seconds, at least 1, not `{text}`"
+                            )
+                        })?;
+                    soak = Some(n);
+                }
                 "--postgres" => postgres = Some(value()?),
                 "--redis" => redis = Some(value()?),
                 "--instances" => {
@@ -177,6 +266,9 @@ impl Options {
             postgres,
             instances: instances.unwrap_or(1),
             redis,
+            stream,
+            rate,
+            soak,
         })
     }
 }
@@ -199,6 +291,15 @@ pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
         )?;
     }
     let pin = Pinning::detect(cx);
+    if opts.stream {
+        match stream::raise_nofile(OPEN_FILES) {
+            Ok(n) if n < OPEN_FILES => note(format!(
+                "open-file limit {n} (the hard limit): fewer than {OPEN_FILES}, streams may fail"
+            )),
+            Ok(_) => {}
+            Err(err) => note(format!("{err:#}: streams may run out of file descriptors")),
+        }
+    }
 
     step("oha (load generator)");
     ensure_oha(cx)?;
@@ -226,12 +327,24 @@ pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
         pin: &pin,
         json_flag: &json_flag,
         plan,
+        opts: &opts,
         mock: &mock,
         tally: &tally,
     };
 
     step("direct to the mock upstream");
-    let direct = bench.measure("direct to the mock", DIRECT_SECRET, &[mock.addr])?;
+    let mut direct = bench.measure("direct to the mock", DIRECT_SECRET, &[mock.addr])?;
+    bench.extras(&mut direct, DIRECT_SECRET, mock.addr, Serving::Direct, None)?;
+
+    step("nginx (baseline proxy)");
+    let (baseline, no_baseline) = match nginx::ensure(cx) {
+        Ok(bin) => (Some(bench.nginx(&bin)?), None),
+        Err(err) => {
+            let why = format!("{err:#}");
+            note(format!("no nginx row: {why}"));
+            (None, Some(why))
+        }
+    };
 
     let mut backends = vec![bench.sqlite()?];
     if let Some(server_url) = &opts.postgres {
@@ -241,7 +354,10 @@ pub fn bench_gateway(cx: &Ctx, args: &[String]) -> Result<()> {
     let report = Report {
         pinned: pin.enabled,
         plan,
+        opts: &opts,
         direct,
+        baseline,
+        no_baseline,
         backends,
     };
     let failures = report.print();
@@ -265,11 +381,140 @@ struct Bench<'a> {
     pin: &'a Pinning,
     json_flag: &'a [&'a str],
     plan: Plan,
+    opts: &'a Options,
     mock: &'a MockUpstream,
     tally: &'a Path,
 }
 
 impl Bench<'_> {
+    fn oha<'b>(&'b self, secret: &'b str) -> Oha<'b> {
+        Oha {
+            cx: self.cx,
+            pin: self.pin,
+            json_flag: self.json_flag,
+            secret,
+        }
+    }
+
+    /// The baseline: nginx on CPU 0 proxying to the mock, the same runs as direct.
+    fn nginx(&self, bin: &Path) -> Result<Measured> {
+        let mut proxy = Nginx::start(self.cx, bin, self.pin, self.mock.addr)?;
+        note(format!("nginx on http://{}", proxy.addr));
+        let idle = proxy.pid().and_then(memory);
+        let mut row = self.measure("nginx (baseline proxy)", DIRECT_SECRET, &[proxy.addr])?;
+        let serving = Serving::Proxy(proxy.pid());
+        self.extras(&mut row, DIRECT_SECRET, proxy.addr, serving, idle)?;
+        proxy.stop();
+        Ok(row)
+    }
+
+    /// What follows the latency and throughput runs through one address, as the options ask:
+    /// the fixed-rate run, the streams, and for a gateway (`tally` is its process id) the soak;
+    /// with a process id (`tally`, else `proxy`: nginx's), that process's memory after the runs
+    /// (`idle` is the reading taken after start-up), at the peak of the streams and after them,
+    /// and during the soak.
+    fn extras(
+        &self,
+        row: &mut Measured,
+        secret: &str,
+        addr: SocketAddr,
+        serving: Serving,
+        idle: Option<Memory>,
+    ) -> Result<()> {
+        let pid = match serving {
+            Serving::Direct => None,
+            Serving::Proxy(pid) | Serving::Tally(pid) => pid,
+        };
+        let url = format!("http://{addr}/v1/chat/completions");
+        if let Some(idle) = idle {
+            row.memory.push(("idle, after start-up", idle));
+        }
+        if let Some(rate) = self.opts.rate {
+            let load = Load::Rate(rate, self.plan.rate_secs, RATE_CONCURRENCY);
+            row.rate = Some(self.oha(secret).run("fixed rate", &url, load)?);
+        }
+        if let Some(now) = pid.and_then(memory) {
+            row.memory.push(("after the oha runs", now));
+        }
+        if self.opts.stream {
+            let plan = self.plan.streams;
+            note(format!(
+                "streams: {} paced streams started over {} ms, each on a connection of its own \
+                 (this process, with the mock, on CPU 1 meanwhile)",
+                plan.streams,
+                plan.ramp.as_millis()
+            ));
+            let before = self.mock.streams();
+            self.pin.pin_self(self.cx, true);
+            let (run, peak) = sampled(pid, || stream::run(addr, secret, plan));
+            self.pin.pin_self(self.cx, false);
+            let summary = run?.summary();
+            note(format!(
+                "streams: {}/{} complete, {} stall(s), TTFB p50 {} ms p99 {} ms, total p50 {} ms \
+                 p99 {} ms; the mock began {}",
+                summary.complete,
+                summary.streams,
+                summary.stalls,
+                dms(summary.ttfb_p50),
+                dms(summary.ttfb_p99),
+                dms(summary.total_p50),
+                dms(summary.total_p99),
+                self.mock.streams() - before
+            ));
+            row.streams = Some(summary);
+            if let Some(peak) = peak {
+                row.memory.push(("highest during the streams", peak));
+            }
+            if let Some(now) = pid.and_then(memory) {
+                row.memory.push(("after the streams", now));
+            }
+        }
+        if let (Some(secs), Serving::Tally(_)) = (self.opts.soak, serving) {
+            let (run, samples) = self.soak(secret, &url, secs, pid)?;
+            row.soak = Some(run);
+            row.soak_memory = samples;
+        }
+        Ok(())
+    }
+
+    /// `secs` of steady load at `SOAK_RATE`, the memory of `pid` read every `SOAK_SAMPLE`.
+    fn soak(
+        &self,
+        secret: &str,
+        url: &str,
+        secs: u64,
+        pid: Option<u32>,
+    ) -> Result<(Run, Vec<(u64, Memory)>)> {
+        let oha = self.oha(secret);
+        let load = Load::Rate(SOAK_RATE, secs, RATE_CONCURRENCY);
+        // oha stops at `secs`; the sampling stops at this deadline whatever happens.
+        let deadline = Instant::now() + Duration::from_secs(secs + 120);
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| oha.run("soak", url, load));
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            let mut next = started;
+            while !running.is_finished() && Instant::now() < deadline {
+                if Instant::now() >= next {
+                    if let Some(now) = pid.and_then(memory) {
+                        let at = started.elapsed().as_secs();
+                        note(format!("soak: {at} s, {}", now.describe()));
+                        samples.push((at, now));
+                    }
+                    next += SOAK_SAMPLE;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(now) = pid.and_then(memory) {
+                samples.push((started.elapsed().as_secs(), now));
+            }
+            let run = running
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("the soak's oha run panicked")))?;
+            Ok((run, samples))
+        })
+    }
+
     /// Warm-up and latency (concurrency 1) through each address in turn, then throughput
     /// through all of them at once: one oha per address, the concurrency split among them.
     fn measure(&self, label: &str, secret: &str, addrs: &[SocketAddr]) -> Result<Measured> {
@@ -298,6 +543,11 @@ impl Bench<'_> {
             latency: Vec::new(),
             throughput: Vec::new(),
             shares: split(plan.concurrency, urls.len()),
+            rate: None,
+            streams: None,
+            memory: Vec::new(),
+            soak: None,
+            soak_memory: Vec::new(),
         };
         for (i, url) in urls.iter().enumerate() {
             let load = Load::Count(plan.warmup, 1);
@@ -340,7 +590,8 @@ impl Bench<'_> {
         step("start tally serve (SQLite in a temporary directory)");
         let mut server = Server::start(self.cx, self.tally, &work.path, &config, self.pin, None)?;
         note(format!("tally on http://{}", server.addr));
-        let outcome = self.run_sqlite(server.addr, &work.path.join("data"));
+        let pid = server.pid();
+        let outcome = self.run_sqlite(server.addr, pid, &work.path.join("data"));
         // The server is stopped before the report so its log is complete when we show it.
         server.stop();
         if outcome.is_err() {
@@ -349,12 +600,14 @@ impl Bench<'_> {
         outcome
     }
 
-    fn run_sqlite(&self, addr: SocketAddr, data_dir: &Path) -> Result<Backend> {
+    fn run_sqlite(&self, addr: SocketAddr, pid: Option<u32>, data_dir: &Path) -> Result<Backend> {
+        let idle = pid.and_then(memory);
         let setup = Setup::create(addr, data_dir)?;
         let balance_before = setup.live_balance(addr)?;
         let upstream_before = self.mock.completions();
         step("through the gateway (SQLite, live key)");
-        let row = self.measure("SQLite, 1 instance", &setup.secret, &[addr])?;
+        let mut row = self.measure("SQLite, 1 instance", &setup.secret, &[addr])?;
+        self.extras(&mut row, &setup.secret, addr, Serving::Tally(pid), idle)?;
         let upstream_calls = self.mock.completions() - upstream_before;
         step("compare recorded usage with the 2xx answers");
         let recorded = setup.recorded_usage()?;
@@ -441,12 +694,16 @@ impl Bench<'_> {
             db.name
         ));
         let first = start(1, servers)?;
+        let pid = servers.first().and_then(Server::pid);
+        let idle = pid.and_then(memory);
         let setup = Setup::create(first, &dir.join("instance-1").join("data"))?;
         let balance_before = live(&stored_balances(self.cx, db, &setup.namespace)?)?;
         let upstream_before = self.mock.completions();
 
         step("through the gateway (PostgreSQL, 1 instance, live key)");
-        let mut rows = vec![self.measure("PostgreSQL, 1 instance", &setup.secret, &[first])?];
+        let mut row = self.measure("PostgreSQL, 1 instance", &setup.secret, &[first])?;
+        self.extras(&mut row, &setup.secret, first, Serving::Tally(pid), idle)?;
+        let mut rows = vec![row];
         if instances > 1 {
             step(format!(
                 "start {} more instance(s) on the same database",
@@ -495,6 +752,17 @@ impl Bench<'_> {
     }
 }
 
+/// What answers at the address [`Bench::extras`] measures, with its process id when known.
+#[derive(Clone, Copy)]
+enum Serving {
+    /// The mock itself (threads of this process: no memory of its own to read).
+    Direct,
+    /// nginx.
+    Proxy(Option<u32>),
+    /// A tally instance: the soak runs only here.
+    Tally(Option<u32>),
+}
+
 /// The concurrency of each of `n` oha runs sharing `total`: as even as it gets.
 fn split(total: u32, n: usize) -> Vec<u32> {
     let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
@@ -507,12 +775,13 @@ fn split(total: u32, n: usize) -> Vec<u32> {
 // tools
 
 /// CPU pinning with `taskset`, when it exists and there are at least two CPUs to split.
-struct Pinning {
+pub(crate) struct Pinning {
     enabled: bool,
+    cpus: usize,
 }
 
 impl Pinning {
-    fn detect(cx: &Ctx) -> Self {
+    pub(crate) fn detect(cx: &Ctx) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let enabled = cx.has("taskset") && cpus >= 2;
         if !enabled {
@@ -525,11 +794,44 @@ impl Pinning {
                 }
             ));
         }
-        Self { enabled }
+        Self { enabled, cpus }
+    }
+
+    /// Every thread of this process (the mock's and the stream client's) on CPU 1 (`on`), or
+    /// back on every CPU: during the streams the client shares CPU 1 with the mock, as oha
+    /// does in the other runs, and CPU 0 is the gateway's. Best effort: a failure only means
+    /// the figures include contention.
+    pub(crate) fn pin_self(&self, cx: &Ctx, on: bool) {
+        if !self.enabled {
+            return;
+        }
+        let cpus = if on {
+            "1".to_string()
+        } else {
+            format!("0-{}", self.cpus.saturating_sub(1))
+        };
+        let pinned = cx
+            .cmd("taskset")
+            .args(["-a", "-p", "-c", &cpus, &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !pinned {
+            note(format!(
+                "could not set this process's CPUs to {cpus} (taskset -a -p)"
+            ));
+        }
     }
 
     /// `program` on `cpu` when pinning is on.
-    fn command(&self, cx: &Ctx, cpu: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn command(
+        &self,
+        cx: &Ctx,
+        cpu: u32,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Command {
         if self.enabled {
             let mut cmd = cx.cmd("taskset");
             cmd.arg("-c").arg(cpu.to_string()).arg(program.as_ref());
@@ -721,6 +1023,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The process id of `tally serve` (`taskset` runs it in its own process).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub(crate) fn stop(&mut self) {
@@ -956,7 +1263,11 @@ impl Setup {
                 }
                 let status = item["status"].as_u64().unwrap_or(0);
                 if (200..300).contains(&status) {
-                    recorded.ok += 1;
+                    if item["request_type"] == "stream" {
+                        recorded.streams_ok += 1;
+                    } else {
+                        recorded.ok += 1;
+                    }
                 } else {
                     *recorded.other.entry(status).or_default() += 1;
                 }
@@ -980,7 +1291,11 @@ pub(crate) fn text(value: &Value, what: &str) -> Result<String> {
 /// Usage events the server recorded for the bench key.
 #[derive(Default)]
 struct Recorded {
+    /// 2xx calls that were not streamed (`request_type` "sync").
     ok: u64,
+    /// 2xx streamed calls (`request_type` "stream").
+    streams_ok: u64,
+    /// Every other status, streamed or not.
     other: BTreeMap<u64, u64>,
     cost_micros: i64,
 }
@@ -1090,6 +1405,8 @@ enum Load {
     Count(u64, u32),
     /// This many seconds at this concurrency.
     Seconds(u64, u32),
+    /// This many requests per second for this many seconds, at most this many in flight.
+    Rate(u32, u64, u32),
 }
 
 struct Oha<'a> {
@@ -1108,6 +1425,18 @@ impl Oha<'_> {
             // -w: requests in flight at the deadline are finished, not dropped, so every
             // request oha counts got an answer and can be compared with the recorded usage.
             Load::Seconds(s, c) => cmd.args(["-z", &format!("{s}s"), "-c", &c.to_string(), "-w"]),
+            // --latency-correction: a request delayed by an earlier slow one is timed from
+            // when it was due, not from when it was sent (no coordinated omission).
+            Load::Rate(q, s, c) => cmd.args([
+                "-q",
+                &q.to_string(),
+                "-z",
+                &format!("{s}s"),
+                "-c",
+                &c.to_string(),
+                "-w",
+                "--latency-correction",
+            ]),
         };
         cmd.args(["-m", "POST", "-T", "application/json"])
             .arg("-H")
@@ -1207,6 +1536,78 @@ fn ms(seconds: Option<f64>) -> String {
     seconds.map_or_else(|| "-".to_string(), |s| format!("{:.3}", s * 1000.0))
 }
 
+/// Milliseconds with three decimals, or "-".
+fn dms(d: Option<Duration>) -> String {
+    ms(d.map(|d| d.as_secs_f64()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// memory
+
+/// A process's resident memory (`/proc/PID/status`), in KiB.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Memory {
+    /// VmRSS: resident now.
+    rss_kib: u64,
+    /// VmHWM: the highest resident so far.
+    hwm_kib: u64,
+}
+
+impl Memory {
+    fn describe(&self) -> String {
+        format!("VmRSS {}, VmHWM {}", mib(self.rss_kib), mib(self.hwm_kib))
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The memory of process `pid`, if it is still running.
+fn memory(pid: u32) -> Option<Memory> {
+    parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_status(text: &str) -> Option<Memory> {
+    let kib = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Memory {
+        rss_kib: kib("VmRSS:")?,
+        hwm_kib: kib("VmHWM:")?,
+    })
+}
+
+/// Runs `f` while a thread reads the memory of `pid` every 100 ms; returns what `f` returned
+/// and the reading with the highest VmRSS.
+fn sampled<T>(pid: Option<u32>, f: impl FnOnce() -> T) -> (T, Option<Memory>) {
+    let Some(pid) = pid else {
+        return (f(), None);
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            // Bounded even if `stop` were never set.
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            let mut peak: Option<Memory> = None;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Some(now) = memory(pid) {
+                    if peak.is_none_or(|p| now.rss_kib > p.rss_kib) {
+                        peak = Some(now);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        let out = f();
+        stop.store(true, Ordering::Relaxed);
+        (out, sampler.join().ok().flatten())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // report
 
@@ -1220,6 +1621,15 @@ struct Measured {
     throughput: Vec<Run>,
     /// The concurrency of each throughput run.
     shares: Vec<u32>,
+    /// `--rate`: the fixed-rate run.
+    rate: Option<Run>,
+    /// `--stream`: the streams.
+    streams: Option<stream::Summary>,
+    /// The serving process's memory at points of the run (none for direct).
+    memory: Vec<(&'static str, Memory)>,
+    /// `--soak`: the run and the memory read during it (seconds into it).
+    soak: Option<Run>,
+    soak_memory: Vec<(u64, Memory)>,
 }
 
 impl Measured {
@@ -1228,6 +1638,15 @@ impl Measured {
             .iter()
             .chain(&self.latency)
             .chain(&self.throughput)
+            .chain(&self.rate)
+            .chain(&self.soak)
+    }
+
+    /// Streams that got every event and `[DONE]`.
+    fn streams_complete(&self) -> u64 {
+        self.streams
+            .as_ref()
+            .map_or(0, |s| u64::try_from(s.complete).unwrap_or(u64::MAX))
     }
 
     /// Requests per second of the throughput runs, summed.
@@ -1313,7 +1732,18 @@ impl Backend {
             recorded == answered,
             format!("{name}: {recorded} usage events recorded with a 2xx status, but oha counted {answered} 2xx answers"),
         );
-        println!("  usage events recorded with a 2xx status: {recorded} {verdict}");
+        println!("  usage events recorded with a 2xx status, not streamed: {recorded} {verdict}");
+        if self.rows.iter().any(|row| row.streams.is_some()) {
+            let complete: u64 = self.rows.iter().map(Measured::streams_complete).sum();
+            let recorded = self.recorded.streams_ok;
+            let verdict = check(
+                recorded == complete,
+                format!("{name}: {recorded} streamed usage events recorded with a 2xx status, but {complete} streams got [DONE]"),
+            );
+            println!(
+                "  streamed usage events with a 2xx status: {recorded}; streams that got every event and [DONE]: {complete} {verdict}"
+            );
+        }
         if !self.recorded.other.is_empty() {
             let other: Vec<String> = self
                 .recorded
@@ -1410,14 +1840,30 @@ impl Backend {
     }
 }
 
-struct Report {
+struct Report<'a> {
     pinned: bool,
     plan: Plan,
+    opts: &'a Options,
     direct: Measured,
+    /// nginx proxying to the mock; `no_baseline` says why there is none.
+    baseline: Option<Measured>,
+    no_baseline: Option<String>,
     backends: Vec<Backend>,
 }
 
-impl Report {
+impl Report<'_> {
+    /// direct, nginx, then every gateway row.
+    fn rows(&self) -> impl Iterator<Item = &Measured> {
+        std::iter::once(&self.direct)
+            .chain(&self.baseline)
+            .chain(self.backends.iter().flat_map(|b| &b.rows))
+    }
+
+    /// The gateway rows.
+    fn gateways(&self) -> impl Iterator<Item = &Measured> {
+        self.backends.iter().flat_map(|b| &b.rows)
+    }
+
     /// Prints the figures and the checks; returns the checks that failed.
     fn print(&self) -> Vec<String> {
         let plan = self.plan;
@@ -1426,32 +1872,31 @@ impl Report {
             (Some(g), Some(d)) => format!("{:+.3}", (g - d) * 1000.0),
             _ => "-".to_string(),
         };
-        let several = self
-            .backends
-            .iter()
-            .flat_map(|backend| &backend.rows)
-            .any(|row| row.addrs.len() > 1);
+        let several = self.gateways().any(|row| row.addrs.len() > 1);
         println!();
         println!(
             "Gateway benchmark: POST /v1/chat/completions, live key, mock upstream{}",
             match (self.pinned, several) {
-                (true, true) => "; every tally instance on CPU 0, every oha on CPU 1",
-                (true, false) => "; tally on CPU 0, oha on CPU 1",
+                (true, true) => "; every tally instance and nginx on CPU 0, every oha on CPU 1",
+                (true, false) => "; tally and nginx on CPU 0, oha on CPU 1",
                 (false, _) => "; no CPU pinning",
             }
         );
         println!(
             "req/s at concurrency {} for {} s; latency at concurrency 1 over {} requests after {} \
-             warm-up; 2xx / sent over all three",
+             warm-up; 2xx / sent over all runs; x nginx = req/s over nginx's",
             plan.concurrency, plan.throughput_secs, plan.latency_requests, plan.warmup
         );
+        if let Some(why) = &self.no_baseline {
+            println!("no nginx row: {why}");
+        }
         println!();
         println!(
-            "{:<34} {:>9} {:>9} {:>9} {:>10} {:>10} {:>17}",
-            "", "req/s", "p50 ms", "p99 ms", "added p50", "added p99", "2xx / sent"
+            "{:<34} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>17}",
+            "", "req/s", "p50 ms", "p99 ms", "added p50", "added p99", "x nginx", "2xx / sent"
         );
-        let rows = std::iter::once(direct).chain(self.backends.iter().flat_map(|b| &b.rows));
-        for (i, row) in rows.enumerate() {
+        let nginx_rps = self.baseline.as_ref().map(Measured::rps);
+        for (i, row) in self.rows().enumerate() {
             let (added_p50, added_p99) = if i == 0 {
                 ("-".to_string(), "-".to_string())
             } else {
@@ -1460,19 +1905,24 @@ impl Report {
                     added(row.p99(), direct.p99()),
                 )
             };
+            let ratio = match nginx_rps {
+                Some(n) if i > 0 && n > 0.0 => format!("{:.2}x", row.rps() / n),
+                _ => "-".to_string(),
+            };
             let mark = if row.addrs.len() > 1 { " *" } else { "" };
             println!(
-                "{:<34} {:>9.0} {:>9} {:>9} {:>10} {:>10} {:>17}",
+                "{:<34} {:>9.0} {:>9} {:>9} {:>10} {:>10} {:>8} {:>17}",
                 format!("{}{mark}", row.label),
                 row.rps(),
                 ms(row.p50()),
                 ms(row.p99()),
                 added_p50,
                 added_p99,
+                ratio,
                 format!("{}/{}", row.ok(), row.sent())
             );
         }
-        for row in self.backends.iter().flat_map(|b| &b.rows) {
+        for row in self.gateways() {
             if row.addrs.len() < 2 {
                 continue;
             }
@@ -1500,13 +1950,22 @@ impl Report {
                 );
             }
         }
-        let rows = std::iter::once(direct).chain(self.backends.iter().flat_map(|b| &b.rows));
-        for row in rows {
-            let phases = [
-                ("warm-up", &row.warmup),
-                ("c=1", &row.latency),
-                ("throughput", &row.throughput),
+        self.print_rate();
+        let mut failures = Vec::new();
+        self.print_streams(&mut failures);
+        self.print_memory();
+        for row in self.rows() {
+            let mut phases = vec![
+                ("warm-up", &row.warmup[..]),
+                ("c=1", &row.latency[..]),
+                ("throughput", &row.throughput[..]),
             ];
+            if let Some(rate) = &row.rate {
+                phases.push(("fixed rate", std::slice::from_ref(rate)));
+            }
+            if let Some(soak) = &row.soak {
+                phases.push(("soak", std::slice::from_ref(soak)));
+            }
             for (phase, runs) in phases {
                 for (i, run) in runs.iter().enumerate() {
                     let problems = run.problems();
@@ -1523,11 +1982,182 @@ impl Report {
             }
         }
 
-        let mut failures = Vec::new();
         for backend in &self.backends {
             backend.print_checks(&mut failures);
         }
         failures
+    }
+
+    /// `--rate`: achieved rate and latency of each target at the same fixed rate.
+    fn print_rate(&self) {
+        let Some(rate) = self.opts.rate else {
+            return;
+        };
+        let direct = self.direct.rate.as_ref();
+        println!();
+        println!(
+            "Fixed rate: {rate} req/s asked for {} s, at most {RATE_CONCURRENCY} in flight; \
+             latency from when each request was due (oha --latency-correction)",
+            self.plan.rate_secs
+        );
+        println!(
+            "{:<34} {:>9} {:>9} {:>9} {:>10} {:>10} {:>17}",
+            "", "req/s", "p50 ms", "p99 ms", "added p50", "added p99", "2xx / sent"
+        );
+        for (i, row) in self.rows().enumerate() {
+            let Some(run) = &row.rate else {
+                continue;
+            };
+            // Row 0 is direct itself.
+            let added = |g: Option<f64>, d: Option<f64>| match (g, d) {
+                (Some(g), Some(d)) if i > 0 => format!("{:+.3}", (g - d) * 1000.0),
+                _ => "-".to_string(),
+            };
+            println!(
+                "{:<34} {:>9.0} {:>9} {:>9} {:>10} {:>10} {:>17}",
+                row.label,
+                run.rps,
+                ms(run.p50),
+                ms(run.p99),
+                added(run.p50, direct.and_then(|d| d.p50)),
+                added(run.p99, direct.and_then(|d| d.p99)),
+                format!("{}/{}", run.ok, run.sent())
+            );
+        }
+    }
+
+    /// `--stream`: TTFB and total per target, what the gateways add over direct and over
+    /// nginx, stalls and failures. A stream that did not complete is a failed check.
+    fn print_streams(&self, failures: &mut Vec<String>) {
+        if !self.opts.stream {
+            return;
+        }
+        let plan = self.plan.streams;
+        println!();
+        println!(
+            "Streams: {} at once (started over {} ms), each {} content chunks {} ms apart, a \
+             usage chunk and [DONE];\nTTFB = connect to first event, total = connect to end; \
+             percentiles over complete streams; stall = a gap > {} ms between two reads",
+            plan.streams,
+            plan.ramp.as_millis(),
+            STREAM_CHUNKS,
+            crate::mock::STREAM_PACE.as_millis(),
+            plan.stall.as_millis()
+        );
+        println!(
+            "{:<34} {:>11} {:>13} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "",
+            "complete",
+            "stalls (in)",
+            "max gap ms",
+            "TTFB p50",
+            "TTFB p99",
+            "total p50",
+            "total p99"
+        );
+        for row in self.rows() {
+            let Some(s) = &row.streams else {
+                continue;
+            };
+            println!(
+                "{:<34} {:>11} {:>13} {:>11} {:>11} {:>11} {:>11} {:>11}",
+                row.label,
+                format!("{}/{}", s.complete, s.streams),
+                format!("{} ({})", s.stalls, s.stalled_streams),
+                dms(Some(s.max_gap)),
+                dms(s.ttfb_p50),
+                dms(s.ttfb_p99),
+                dms(s.total_p50),
+                dms(s.total_p99)
+            );
+        }
+        let added = |g: Option<Duration>, base: Option<Duration>| match (g, base) {
+            (Some(g), Some(b)) => format!("{:+.3}", (g.as_secs_f64() - b.as_secs_f64()) * 1e3),
+            _ => "-".to_string(),
+        };
+        let baselines = std::iter::once(&self.direct).chain(&self.baseline);
+        for base in baselines {
+            let Some(b) = &base.streams else {
+                continue;
+            };
+            for row in self.gateways() {
+                let Some(s) = &row.streams else {
+                    continue;
+                };
+                println!(
+                    "  {} over {}: TTFB p50 {} ms, p99 {} ms; total p50 {} ms, p99 {} ms",
+                    row.label,
+                    base.label,
+                    added(s.ttfb_p50, b.ttfb_p50),
+                    added(s.ttfb_p99, b.ttfb_p99),
+                    added(s.total_p50, b.total_p50),
+                    added(s.total_p99, b.total_p99)
+                );
+            }
+        }
+        for row in self.rows() {
+            let Some(s) = &row.streams else {
+                continue;
+            };
+            if s.complete == s.streams {
+                continue;
+            }
+            let reasons: Vec<String> = s
+                .failures
+                .iter()
+                .take(5)
+                .map(|(why, n)| format!("{n}x {why}"))
+                .collect();
+            println!(
+                "  incomplete ({}): {} of {} (MISMATCH: FAILED): {}",
+                row.label,
+                s.streams - s.complete,
+                s.streams,
+                reasons.join("; ")
+            );
+            failures.push(format!(
+                "{}: {} of {} streams did not get every event and [DONE]",
+                row.label,
+                s.streams - s.complete,
+                s.streams
+            ));
+        }
+    }
+
+    /// The memory of nginx and of each first tally instance at the points read.
+    fn print_memory(&self) {
+        let rows: Vec<&Measured> = self.rows().filter(|r| !r.memory.is_empty()).collect();
+        if rows.is_empty() {
+            return;
+        }
+        println!();
+        println!("Memory of the serving process (/proc/PID/status; VmHWM = highest so far):");
+        for row in rows {
+            println!("  {}:", row.label);
+            for (when, mem) in &row.memory {
+                println!("    {when:<28} {}", mem.describe());
+            }
+            if !row.soak_memory.is_empty() {
+                let samples: Vec<String> = row
+                    .soak_memory
+                    .iter()
+                    .map(|(at, mem)| format!("{at} s {}", mib(mem.rss_kib)))
+                    .collect();
+                println!(
+                    "    soak at {SOAK_RATE} req/s, VmRSS: {}",
+                    samples.join(", ")
+                );
+                if let (Some(first), Some(last)) = (row.soak_memory.first(), row.soak_memory.last())
+                {
+                    let grew = last.1.rss_kib as f64 - first.1.rss_kib as f64;
+                    println!(
+                        "    soak: VmRSS {:+.1} MiB from the first reading to the last, VmHWM {}",
+                        grew / 1024.0,
+                        mib(last.1.hwm_kib)
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -1609,7 +2239,15 @@ mod tests {
                 postgres: Some("postgres://postgres@127.0.0.1:5432/test".into()),
                 instances: 2,
                 redis: Some("redis://127.0.0.1:6379/0".into()),
+                stream: false,
+                rate: None,
+                soak: None,
             }
+        );
+        let more = Options::parse(&args(&["--stream", "--rate", "2000", "--soak=600"])).unwrap();
+        assert_eq!(
+            (more.stream, more.rate, more.soak, more.postgres),
+            (true, Some(2000), Some(600), None)
         );
         let plain = Options::parse(&[]).unwrap();
         assert_eq!(
@@ -1628,9 +2266,30 @@ mod tests {
             &["--postgres", "postgres://h/db", "--instances", "two"],
             &["--quick=yes"],
             &["--fast"],
+            &["--stream=yes"],
+            &["--rate", "0"],
+            &["--rate", "fast"],
+            &["--rate"],
+            &["--soak", "-1"],
         ] {
             assert!(Options::parse(&args(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn reads_resident_memory_from_proc_status() {
+        let status =
+            "Name:\ttally\nVmPeak:\t  900000 kB\nVmHWM:\t   71234 kB\nVmRSS:\t   29876 kB\n";
+        assert_eq!(
+            parse_status(status),
+            Some(Memory {
+                rss_kib: 29876,
+                hwm_kib: 71234
+            })
+        );
+        assert_eq!(parse_status("Name:\tkthreadd\n"), None);
+        let mine = memory(std::process::id()).unwrap();
+        assert!(mine.rss_kib > 0 && mine.hwm_kib >= mine.rss_kib);
     }
 
     #[test]

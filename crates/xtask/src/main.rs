@@ -24,8 +24,10 @@ mod bench;
 mod compress;
 mod http1;
 mod mock;
+mod nginx;
 mod pg;
 mod schemathesis;
+mod stream;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Trunk 0.22 needs a newer rustc than the toolchain the project builds with.
@@ -55,13 +57,19 @@ Commands:
   openapi              regenerate the openapi/openapi.json snapshot
   dev                  how to work on the dashboard with `trunk serve`
   bench-gateway [--quick] [--postgres URL [--instances N] [--redis URL]]
+                [--rate N] [--stream] [--soak SECS]
                        latency and throughput the gateway adds over a mock
-                       upstream (installs oha; release build; prints a table):
-                       SQLite, then with --postgres the same on a fresh
-                       database on that server (dropped after), through one
-                       and through N instances sharing it (--redis URL gives
-                       them redis_url); fails only on setup errors and on
-                       the usage, spending and balance-vs-ledger checks
+                       upstream, beside nginx proxying the same mock
+                       (installs oha and nginx-light; release build; prints
+                       tables): SQLite, then with --postgres the same on a
+                       fresh database on that server (dropped after),
+                       through one and through N instances sharing it
+                       (--redis URL gives them redis_url); --rate N adds a
+                       fixed-rate latency run, --stream 1,000 paced streams
+                       (TTFB, total, stalls), --soak SECS steady load with
+                       tally's memory every 10 s; fails only on setup errors
+                       and on the usage, spending, stream and
+                       balance-vs-ledger checks
   bench-monitoring [--events N] [--postgres URL] [--no-sqlite]
                        loads N usage events (default 10,000,000) into a fresh
                        database and prints dashboard and monitoring query
