@@ -243,3 +243,21 @@ SELECT namespace_id, environment, bucket, '', '', '', '', key_id, status_class, 
     SUM(calls), SUM(errors), SUM(cost_micros), SUM(tokens_in), SUM(tokens_out), SUM(latency_sum_us), SUM(h00), SUM(h01), SUM(h02), SUM(h03), SUM(h04), SUM(h05), SUM(h06), SUM(h07), SUM(h08), SUM(h09), SUM(h10), SUM(h11), SUM(h12), SUM(h13), SUM(h14), SUM(h15), SUM(h16), SUM(h17), SUM(h18), SUM(h19), SUM(h20), SUM(h21), SUM(h22), SUM(h23), SUM(h24), SUM(h25), SUM(h26), SUM(h27), SUM(h28), SUM(h29), SUM(h30), SUM(h31), SUM(h32), SUM(h33), SUM(h34), SUM(h35), SUM(h36), SUM(h37), SUM(h38), SUM(h39), SUM(h40), SUM(h41), SUM(h42), SUM(h43), SUM(h44), SUM(h45), SUM(h46), SUM(h47), SUM(h48), SUM(h49)
 FROM usage_rollup_day
 GROUP BY namespace_id, environment, bucket, key_id, status_class, client_id;
+
+
+-- Request log search (M4) is a case-insensitive substring of five columns,
+-- `LOWER(column) LIKE '%term%'`, read newest first through the
+-- (namespace_id, environment, time) index until a page is found. Without
+-- statistics on those expressions the planner guesses a tiny selectivity for
+-- a common term and picks a parallel scan whose worker start-up dominates;
+-- these give it the values' real frequencies (built by ANALYZE, nothing on the
+-- write path). A trigram GIN index (pg_trgm) on the five expressions was
+-- measured too: it found rare terms without reading the namespace, but it
+-- doubled the cost of inserting usage rows, which the gateway's writer pays
+-- for every call.
+CREATE STATISTICS usage_events_search_endpoint ON (LOWER(endpoint)) FROM usage_events;
+CREATE STATISTICS usage_events_search_api ON (LOWER(api)) FROM usage_events;
+CREATE STATISTICS usage_events_search_model ON (LOWER(model)) FROM usage_events;
+CREATE STATISTICS usage_events_search_error ON (LOWER(error)) FROM usage_events;
+CREATE STATISTICS usage_events_search_client ON (LOWER(client_id)) FROM usage_events;
+ANALYZE usage_events;
