@@ -107,13 +107,25 @@ fn make(ns: &str, i: u64, start: i64, step_ms: f64, rng: &mut u64) -> CallRecord
 }
 
 /// What one minute of the loaded traffic holds, for the data checks.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Minute {
     calls_by_client: [u32; CLIENTS],
     errors_by_client: [u32; CLIENTS],
     server_errors_by_key: [u32; KEYS],
     calls_by_api: [u32; APIS.len()],
     errors_by_api: [u32; APIS.len()],
+}
+
+impl Default for Minute {
+    fn default() -> Self {
+        Minute {
+            calls_by_client: [0; CLIENTS],
+            errors_by_client: [0; CLIENTS],
+            server_errors_by_key: [0; KEYS],
+            calls_by_api: [0; APIS.len()],
+            errors_by_api: [0; APIS.len()],
+        }
+    }
 }
 
 /// What the benchmark loaded, counted while generating it.
@@ -195,28 +207,30 @@ enum Check {
 
 /// The disagreements between a case's answer and what was loaded.
 fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
-    let mut bad = Vec::new();
-    let mut expect = |what: String, got: u64, want: u64| {
+    fn expect(bad: &mut Vec<String>, what: String, got: u64, want: u64) {
         if got != want {
             bad.push(format!("{what}: answered {got}, loaded {want}"));
         }
-    };
+    }
+    let mut bad = Vec::new();
     let client_calls = |m: &Minute| m.calls_by_client.iter().map(|&n| u64::from(n)).sum::<u64>();
     let client_errors =
         |m: &Minute| m.errors_by_client.iter().map(|&n| u64::from(n)).sum::<u64>();
     match kind {
         Check::Dashboard => {
             let c = &body["consumer"];
-            expect("all-time calls".into(), int(&c["calls_total"]), loaded.events);
+            expect(&mut bad, "all-time calls".into(), int(&c["calls_total"]), loaded.events);
             for bar in body["hourly"].as_array().expect("bars") {
                 let from = ms(&bar["start"]);
                 let to = from + 3_600_000;
                 expect(
+                    &mut bad,
                     format!("bar {} calls", bar["start"]),
                     int(&bar["successes"]) + int(&bar["errors"]),
                     loaded.sum(from, to, client_calls),
                 );
                 expect(
+                    &mut bad,
                     format!("bar {} errors", bar["start"]),
                     int(&bar["errors"]),
                     loaded.sum(from, to, client_errors),
@@ -226,6 +240,7 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
             for (i, api) in APIS.iter().enumerate() {
                 let row = apis.iter().find(|r| r["api"] == *api);
                 expect(
+                    &mut bad,
                     format!("all-time calls of {api}"),
                     row.map_or(0, |r| int(&r["calls"])),
                     loaded.sum(i64::MIN, i64::MAX, |m| u64::from(m.calls_by_api[i])),
@@ -251,11 +266,13 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
             for p in points {
                 let from = ms(&p["start"]);
                 expect(
+                    &mut bad,
                     format!("point {} calls", p["start"]),
                     int(&p["calls"]),
                     loaded.sum(from, from + step, calls),
                 );
                 expect(
+                    &mut bad,
                     format!("point {} errors", p["start"]),
                     int(&p["errors"]),
                     loaded.sum(from, from + step, errors),
@@ -263,11 +280,13 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
             }
             let (from, to) = (ms(&body["from"]), ms(&body["to"]));
             expect(
+                &mut bad,
                 "total calls".into(),
                 int(&body["totals"]["calls"]),
                 loaded.sum(from, to, calls),
             );
             expect(
+                &mut bad,
                 "total errors".into(),
                 int(&body["totals"]["errors"]),
                 loaded.sum(from, to, errors),
@@ -301,15 +320,16 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
             }
             want.retain(|_, (c, _)| *c > 0);
             let rows = body["rows"].as_array().expect("rows");
-            expect("rows".into(), rows.len() as u64, want.len() as u64);
+            expect(&mut bad, "rows".into(), rows.len() as u64, want.len() as u64);
             for r in rows {
                 let key = r["key"].as_str().unwrap_or_default();
                 let (c, e) = want.get(key).copied().unwrap_or_default();
-                expect(format!("{key} calls"), int(&r["calls"]), c);
-                expect(format!("{key} errors"), int(&r["errors"]), e);
+                expect(&mut bad, format!("{key} calls"), int(&r["calls"]), c);
+                expect(&mut bad, format!("{key} errors"), int(&r["errors"]), e);
             }
             let total: u64 = rows.iter().map(|r| int(&r["calls"])).sum();
             expect(
+                &mut bad,
                 "sum of the rows".into(),
                 total,
                 loaded.sum(from, to, client_calls),
@@ -337,6 +357,7 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
                 ));
             }
             expect(
+                &mut bad,
                 "a next page".into(),
                 u64::from(body["next_before"].is_string()),
                 u64::from(all.len() > PAGE),
