@@ -149,9 +149,15 @@ fn client_index(c: &CallRecord) -> usize {
 impl Loaded {
     fn add(&mut self, c: &CallRecord) {
         self.events += 1;
-        let m = self.minutes.entry(c.time.div_euclid(60_000) * 60_000).or_default();
+        let m = self
+            .minutes
+            .entry(c.time.div_euclid(60_000) * 60_000)
+            .or_default();
         let client = client_index(c);
-        let api = APIS.iter().position(|a| *a == c.api).expect("generated API");
+        let api = APIS
+            .iter()
+            .position(|a| *a == c.api)
+            .expect("generated API");
         let error = !(200..300).contains(&c.status);
         m.calls_by_client[client] += 1;
         m.calls_by_api[api] += 1;
@@ -214,12 +220,21 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
     }
     let mut bad = Vec::new();
     let client_calls = |m: &Minute| m.calls_by_client.iter().map(|&n| u64::from(n)).sum::<u64>();
-    let client_errors =
-        |m: &Minute| m.errors_by_client.iter().map(|&n| u64::from(n)).sum::<u64>();
+    let client_errors = |m: &Minute| {
+        m.errors_by_client
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum::<u64>()
+    };
     match kind {
         Check::Dashboard => {
             let c = &body["consumer"];
-            expect(&mut bad, "all-time calls".into(), int(&c["calls_total"]), loaded.events);
+            expect(
+                &mut bad,
+                "all-time calls".into(),
+                int(&c["calls_total"]),
+                loaded.events,
+            );
             for bar in body["hourly"].as_array().expect("bars") {
                 let from = ms(&bar["start"]);
                 let to = from + 3_600_000;
@@ -320,7 +335,12 @@ fn check(kind: Check, body: &Value, loaded: &Loaded) -> Vec<String> {
             }
             want.retain(|_, (c, _)| *c > 0);
             let rows = body["rows"].as_array().expect("rows");
-            expect(&mut bad, "rows".into(), rows.len() as u64, want.len() as u64);
+            expect(
+                &mut bad,
+                "rows".into(),
+                rows.len() as u64,
+                want.len() as u64,
+            );
             for r in rows {
                 let key = r["key"].as_str().unwrap_or_default();
                 let (c, e) = want.get(key).copied().unwrap_or_default();
@@ -489,7 +509,11 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) -> us
     let p = |rest: &str| format!("{base}/api/v1/namespaces/{ns}{rest}");
     let key = format!("key_{FILTERED_KEY:02}");
     let cases = [
-        ("dashboard", p("/dashboard?environment=live"), Check::Dashboard),
+        (
+            "dashboard",
+            p("/dashboard?environment=live"),
+            Check::Dashboard,
+        ),
         (
             "series 1h (minute)",
             p("/monitoring/series?environment=live&range=1h"),
@@ -547,7 +571,9 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) -> us
         ),
         (
             "request log, first page",
-            p(&format!("/monitoring/requests?environment=live&limit={PAGE}")),
+            p(&format!(
+                "/monitoring/requests?environment=live&limit={PAGE}"
+            )),
             Check::FirstPage,
         ),
         (

@@ -405,10 +405,17 @@ mod tests {
         assert_eq!(count(Table::CallerDay), 3);
         let caller = rows
             .iter()
-            .find(|(k, _)| k.table == Table::CallerDay && k.key_id == "k" && k.status_class == "2xx")
+            .find(|(k, _)| {
+                k.table == Table::CallerDay && k.key_id == "k" && k.status_class == "2xx"
+            })
             .unwrap();
         assert_eq!(
-            (caller.0.api, caller.0.endpoint, caller.0.request_type, caller.0.model),
+            (
+                caller.0.api,
+                caller.0.endpoint,
+                caller.0.request_type,
+                caller.0.model
+            ),
             ("", "", "", "")
         );
         assert_eq!(caller.1.calls, 3);

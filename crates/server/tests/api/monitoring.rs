@@ -1134,9 +1134,15 @@ async fn key_and_client_breakdowns_and_minute_series_answer_from_their_own_rollu
     let mut answers = Vec::new();
     for c in &cases {
         let (got, window) = answer(&app, &user, c).await;
-        let want =
-            from_every_dimension(&app, c.table, &user.namespace_id, window, c.group, &c.filters)
-                .await;
+        let want = from_every_dimension(
+            &app,
+            c.table,
+            &user.namespace_id,
+            window,
+            c.group,
+            &c.filters,
+        )
+        .await;
         assert!(got.len() > 1, "{}: the data covers several groups", c.path);
         assert_eq!(got, want, "{} against {}", c.path, c.table);
         answers.push(got);
