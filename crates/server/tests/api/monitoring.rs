@@ -871,6 +871,9 @@ async fn retention_deletes_what_is_older_than_each_tables_cutoff(backend: Backen
         ("usage_rollup_api_day", &user.namespace_id),
         ("usage_rollup_served_hour", &seller.namespace_id),
         ("usage_rollup_served_day", &seller.namespace_id),
+        ("usage_rollup_api_minute", &user.namespace_id),
+        ("usage_rollup_caller_hour", &user.namespace_id),
+        ("usage_rollup_caller_day", &user.namespace_id),
     ];
     for (t, owner) in tables {
         assert_eq!(count_rows(&app, t, owner).await, 3, "{t} before");
@@ -887,9 +890,10 @@ async fn retention_deletes_what_is_older_than_each_tables_cutoff(backend: Backen
     let deleted = tally_server::monitoring::prune_once(&app.store, &settings)
         .await
         .unwrap();
-    // Minutes: two; hours and days: the oldest call in each of three tables.
-    assert_eq!(deleted, 2 + 3 + 3);
-    let want = [3, 1, 2, 2, 2, 2, 2, 2];
+    // Minutes: two in each of two tables; hours and days: the oldest call in
+    // each of four tables.
+    assert_eq!(deleted, 2 * 2 + 4 + 4);
+    let want = [3, 1, 2, 2, 2, 2, 2, 2, 1, 2, 2];
     for ((t, owner), want) in tables.into_iter().zip(want) {
         assert_eq!(count_rows(&app, t, owner).await, want, "{t} after");
     }
