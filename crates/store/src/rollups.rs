@@ -60,6 +60,11 @@ pub enum Level {
     /// The calls made to a seller's APIs by any namespace, by API and status
     /// class, keyed by the seller (`namespace_id` holds the API's owner).
     Served,
+    /// A namespace's calls by key, client id and status class only (API,
+    /// model, endpoint and request type `''`): breakdowns by key or client id
+    /// and series filtered by them, without the rows every API, endpoint and
+    /// request type multiply them into.
+    Caller,
 }
 
 impl Level {
@@ -69,47 +74,61 @@ impl Level {
             Level::Full => true,
             Level::Api => matches!(column, "namespace_id" | "api" | "status_class"),
             Level::Served => matches!(column, "api" | "status_class"),
+            Level::Caller => matches!(
+                column,
+                "namespace_id" | "key_id" | "client_id" | "status_class"
+            ),
         }
     }
 }
 
-/// The rollup tables the writer maintains. Minute rows keep every dimension
-/// only: short windows are small whatever they keep.
+/// The rollup tables the writer maintains: each is one more upsert statement
+/// per batch (per distinct key and table), so a table exists only for queries
+/// that would otherwise read many full-dimension rows. At minute grain only
+/// the unfiltered series has its own table (the last hour by minute); a
+/// minute breakdown by key or client id reads full rows, a few hours at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     Minute,
     Hour,
     Day,
+    ApiMinute,
     ApiHour,
     ApiDay,
     ServedHour,
     ServedDay,
+    CallerHour,
+    CallerDay,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 10] = [
         Table::Minute,
         Table::Hour,
         Table::Day,
+        Table::ApiMinute,
         Table::ApiHour,
         Table::ApiDay,
         Table::ServedHour,
         Table::ServedDay,
+        Table::CallerHour,
+        Table::CallerDay,
     ];
 
     pub fn grain(self) -> Grain {
         match self {
-            Table::Minute => Grain::Minute,
-            Table::Hour | Table::ApiHour | Table::ServedHour => Grain::Hour,
-            Table::Day | Table::ApiDay | Table::ServedDay => Grain::Day,
+            Table::Minute | Table::ApiMinute => Grain::Minute,
+            Table::Hour | Table::ApiHour | Table::ServedHour | Table::CallerHour => Grain::Hour,
+            Table::Day | Table::ApiDay | Table::ServedDay | Table::CallerDay => Grain::Day,
         }
     }
 
     pub fn level(self) -> Level {
         match self {
             Table::Minute | Table::Hour | Table::Day => Level::Full,
-            Table::ApiHour | Table::ApiDay => Level::Api,
+            Table::ApiMinute | Table::ApiHour | Table::ApiDay => Level::Api,
             Table::ServedHour | Table::ServedDay => Level::Served,
+            Table::CallerHour | Table::CallerDay => Level::Caller,
         }
     }
 
@@ -118,20 +137,25 @@ impl Table {
             Table::Minute => "usage_rollup_minute",
             Table::Hour => "usage_rollup_hour",
             Table::Day => "usage_rollup_day",
+            Table::ApiMinute => "usage_rollup_api_minute",
             Table::ApiHour => "usage_rollup_api_hour",
             Table::ApiDay => "usage_rollup_api_day",
             Table::ServedHour => "usage_rollup_served_hour",
             Table::ServedDay => "usage_rollup_served_day",
+            Table::CallerHour => "usage_rollup_caller_hour",
+            Table::CallerDay => "usage_rollup_caller_day",
         }
     }
 
     /// The most compact table of `grain` whose rows answer a query of `scope`
     /// ([`Level::Served`] for a seller's view, else the caller's own calls)
-    /// that filters or groups on `columns`.
+    /// that filters or groups on `columns`. Levels are tried from the fewest
+    /// rows per bucket (API and status class: a handful) to the most (every
+    /// dimension).
     pub fn pick(grain: Grain, scope: Level, columns: &[&str]) -> Option<Table> {
         let levels: &[Level] = match scope {
             Level::Served => &[Level::Served],
-            _ => &[Level::Api, Level::Full],
+            _ => &[Level::Api, Level::Caller, Level::Full],
         };
         levels.iter().find_map(|l| {
             Table::ALL.into_iter().find(|t| {
@@ -166,20 +190,20 @@ impl<'a> RollupKey<'a> {
             Level::Served => c.seller_namespace_id.as_deref()?,
             _ => &c.namespace_id,
         };
-        let full = table.level() == Level::Full;
-        let dim = |v: &'a str| if full { v } else { "" };
+        let level = table.level();
+        let dim = |column: &str, v: &'a str| if level.keeps(column) { v } else { "" };
         Some(RollupKey {
             table,
             namespace_id,
             environment: c.environment.as_str(),
             bucket: table.grain().floor(c.time),
-            api: &c.api,
-            model: dim(c.model.as_deref().unwrap_or("")),
-            endpoint: dim(&c.endpoint),
-            request_type: dim(c.request_type),
-            key_id: dim(&c.key_id),
+            api: dim("api", &c.api),
+            model: dim("model", c.model.as_deref().unwrap_or("")),
+            endpoint: dim("endpoint", &c.endpoint),
+            request_type: dim("request_type", c.request_type),
+            key_id: dim("key_id", &c.key_id),
             status_class: status_class(c.status),
-            client_id: dim(c.client_id.as_deref().unwrap_or("")),
+            client_id: dim("client_id", c.client_id.as_deref().unwrap_or("")),
             subcloud: "",
         })
     }
@@ -381,6 +405,27 @@ mod tests {
         // the key is not kept: 2xx and 5xx
         assert_eq!(count(Table::ApiHour), 2);
         assert_eq!(count(Table::ApiDay), 2);
+        // minute 1 (2xx, 5xx), minute 2 (2xx)
+        assert_eq!(count(Table::ApiMinute), 3);
+        // the API is not kept: (k, 2xx), (k, 5xx), (k2, 2xx)
+        assert_eq!(count(Table::CallerHour), 3);
+        assert_eq!(count(Table::CallerDay), 3);
+        let caller = rows
+            .iter()
+            .find(|(k, _)| {
+                k.table == Table::CallerDay && k.key_id == "k" && k.status_class == "2xx"
+            })
+            .unwrap();
+        assert_eq!(
+            (
+                caller.0.api,
+                caller.0.endpoint,
+                caller.0.request_type,
+                caller.0.model
+            ),
+            ("", "", "", "")
+        );
+        assert_eq!(caller.1.calls, 3);
         // only the call to the seller's API, keyed by the seller
         assert_eq!(count(Table::ServedHour), 1);
         let served = rows
@@ -422,7 +467,31 @@ mod tests {
         );
         assert_eq!(
             Table::pick(Grain::Minute, Level::Full, &[]),
+            Some(Table::ApiMinute)
+        );
+        assert_eq!(
+            Table::pick(Grain::Minute, Level::Full, &["key_id"]),
             Some(Table::Minute)
+        );
+        assert_eq!(
+            Table::pick(Grain::Hour, Level::Full, &["key_id"]),
+            Some(Table::CallerHour)
+        );
+        assert_eq!(
+            Table::pick(Grain::Day, Level::Full, &["client_id"]),
+            Some(Table::CallerDay)
+        );
+        assert_eq!(
+            Table::pick(Grain::Day, Level::Full, &["key_id", "status_class"]),
+            Some(Table::CallerDay)
+        );
+        assert_eq!(
+            Table::pick(Grain::Hour, Level::Full, &["key_id", "api"]),
+            Some(Table::Hour)
+        );
+        assert_eq!(
+            Table::pick(Grain::Day, Level::Full, &["namespace_id", "status_class"]),
+            Some(Table::ApiDay)
         );
         assert_eq!(
             Table::pick(Grain::Day, Level::Served, &["status_class"]),

@@ -23,6 +23,7 @@ backend_tests!(
     another_namespace_sees_nothing_and_namespace_breakdowns_stay_within_the_account,
     bad_filters_are_400_json_errors,
     retention_deletes_what_is_older_than_each_tables_cutoff,
+    key_and_client_breakdowns_and_minute_series_answer_from_their_own_rollups_as_from_every_dimension,
 );
 
 fn ns(user: &User, rest: &str) -> String {
@@ -872,6 +873,9 @@ async fn retention_deletes_what_is_older_than_each_tables_cutoff(backend: Backen
         ("usage_rollup_api_day", &user.namespace_id),
         ("usage_rollup_served_hour", &seller.namespace_id),
         ("usage_rollup_served_day", &seller.namespace_id),
+        ("usage_rollup_api_minute", &user.namespace_id),
+        ("usage_rollup_caller_hour", &user.namespace_id),
+        ("usage_rollup_caller_day", &user.namespace_id),
     ];
     for (t, owner) in tables {
         assert_eq!(count_rows(&app, t, owner).await, 3, "{t} before");
@@ -888,9 +892,10 @@ async fn retention_deletes_what_is_older_than_each_tables_cutoff(backend: Backen
     let deleted = tally_server::monitoring::prune_once(&app.store, &settings)
         .await
         .unwrap();
-    // Minutes: two; hours and days: the oldest call in each of three tables.
-    assert_eq!(deleted, 2 + 3 + 3);
-    let want = [3, 1, 2, 2, 2, 2, 2, 2];
+    // Minutes: two in each of two tables; hours and days: the oldest call in
+    // each of four tables.
+    assert_eq!(deleted, 2 * 2 + 4 + 4);
+    let want = [3, 1, 2, 2, 2, 2, 2, 2, 1, 2, 2];
     for ((t, owner), want) in tables.into_iter().zip(want) {
         assert_eq!(count_rows(&app, t, owner).await, want, "{t} after");
     }
@@ -899,4 +904,296 @@ async fn retention_deletes_what_is_older_than_each_tables_cutoff(backend: Backen
         .await
         .unwrap();
     assert_eq!(kept, 0);
+}
+
+/// Figures of one breakdown row or series point: calls, errors, cost, tokens
+/// in and out, average latency, p50, p95 and p99.
+type Figures = [i64; 9];
+
+/// What a query answered from the rollups keyed by every dimension (the
+/// tables that answered every breakdown and series before the smaller ones):
+/// `group` is a column or `bucket`, `filters` are `(column, value)` pairs.
+async fn from_every_dimension(
+    app: &TestApp,
+    table: &str,
+    namespace_id: &str,
+    (from, to): (i64, i64),
+    group: &str,
+    filters: &[(&str, &str)],
+) -> HashMap<String, Figures> {
+    let hist: Vec<String> = (0..tally_common::LATENCY_BUCKETS)
+        .map(|i| format!("CAST(SUM(h{i:02}) AS BIGINT) AS h{i:02}"))
+        .collect();
+    let mut sql = format!(
+        "SELECT CAST({group} AS TEXT) AS g, CAST(SUM(calls) AS BIGINT) AS calls, \
+         CAST(SUM(errors) AS BIGINT) AS errors, CAST(SUM(cost_micros) AS BIGINT) AS cost, \
+         CAST(SUM(tokens_in) AS BIGINT) AS ti, CAST(SUM(tokens_out) AS BIGINT) AS tout, \
+         CAST(SUM(latency_sum_us) AS BIGINT) AS lat, {} FROM {table} \
+         WHERE namespace_id = $1 AND environment = 'test' AND bucket >= $2 AND bucket < $3",
+        hist.join(", ")
+    );
+    for (i, (column, _)) in filters.iter().enumerate() {
+        sql.push_str(&format!(" AND {column} = ${}", i + 4));
+    }
+    sql.push_str(&format!(" GROUP BY {group}"));
+    let mut q = sqlx::query(&sql).bind(namespace_id).bind(from).bind(to);
+    for (_, v) in filters {
+        q = q.bind(*v);
+    }
+    let mut conn = app.store.conn().await.unwrap();
+    let rows = q.fetch_all(&mut *conn).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            let calls: i64 = r.try_get("calls").unwrap();
+            let hist: Vec<i64> = (0..tally_common::LATENCY_BUCKETS)
+                .map(|i| r.try_get(format!("h{i:02}").as_str()).unwrap())
+                .collect();
+            let q = |x| tally_common::histogram_quantile(&hist, x);
+            let lat: i64 = r.try_get("lat").unwrap();
+            (
+                r.try_get::<String, _>("g").unwrap(),
+                [
+                    calls,
+                    r.try_get("errors").unwrap(),
+                    r.try_get("cost").unwrap(),
+                    r.try_get("ti").unwrap(),
+                    r.try_get("tout").unwrap(),
+                    if calls == 0 { 0 } else { lat / calls },
+                    q(0.5),
+                    q(0.95),
+                    q(0.99),
+                ],
+            )
+        })
+        .collect()
+}
+
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// One query, the table that answered it before and how its answer is
+/// grouped there.
+struct Case {
+    path: String,
+    table: &'static str,
+    /// The smaller table that answers it now.
+    answered_by: &'static str,
+    group: &'static str,
+    filters: Vec<(&'static str, &'static str)>,
+}
+
+/// The figures the API answers for a case, by breakdown key or point start
+/// (Unix ms as text, like `CAST(bucket AS TEXT)`), and the window.
+async fn answer(app: &TestApp, user: &User, case: &Case) -> (HashMap<String, Figures>, (i64, i64)) {
+    let res = app.get(&ns(user, &case.path), Some(&user.token)).await;
+    if case.path.contains("/breakdown") {
+        let b: Breakdown = json(res, StatusCode::OK).await;
+        let rows = b.rows.iter().map(|r| {
+            (
+                r.key.clone(),
+                [
+                    r.calls,
+                    r.errors,
+                    r.cost_micros,
+                    r.tokens_in,
+                    r.tokens_out,
+                    r.avg_latency_us,
+                    r.p50_us,
+                    r.p95_us,
+                    r.p99_us,
+                ],
+            )
+        });
+        (rows.collect(), (ms(&b.from), ms(&b.to)))
+    } else {
+        let s: Series = json(res, StatusCode::OK).await;
+        let points = s.points.iter().filter(|p| p.calls > 0).map(|p| {
+            (
+                ms(&p.start).to_string(),
+                [
+                    p.calls,
+                    p.errors,
+                    p.cost_micros,
+                    p.tokens_in,
+                    p.tokens_out,
+                    p.avg_latency_us,
+                    p.p50_us,
+                    p.p95_us,
+                    p.p99_us,
+                ],
+            )
+        });
+        (points.collect(), (ms(&s.from), ms(&s.to)))
+    }
+}
+
+async fn key_and_client_breakdowns_and_minute_series_answer_from_their_own_rollups_as_from_every_dimension(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let user = app.signup("dev").await;
+    let now = tally_store::now_ms();
+    let mut rng = Rng(0xb0a7);
+    // Four keys, three client ids and none, two APIs with their endpoints,
+    // both request types, 2xx, 4xx and 5xx, spread over 35 days with one call
+    // in three in the last hour (so the minute series has many points).
+    let records: Vec<CallRecord> = (0..4000)
+        .map(|i| {
+            let age = if rng.below(3) == 0 {
+                rng.below(3_600_000) as i64
+            } else {
+                rng.below(35 * 86_400_000) as i64
+            };
+            let mut r = record(&user.namespace_id, i, now - 1 - age, 0);
+            r.latency_us = 20 + rng.below(3_000_000) as i64;
+            r.key_id = format!("key_{}", rng.below(4));
+            r.client_id = match rng.below(4) {
+                3 => None,
+                c => Some(format!("client-{c}")),
+            };
+            if rng.below(2) == 0 {
+                r.api = "weather".into();
+                r.model = None;
+                r.endpoint = "/v1/apis/weather/forecast".into();
+            }
+            r.request_type = if rng.below(4) == 0 { "stream" } else { "sync" };
+            r.status = match rng.below(20) {
+                0 => 502,
+                1 | 2 => 429,
+                _ => 200,
+            };
+            r
+        })
+        .collect();
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| r.time);
+    write(&app, &sorted).await;
+
+    let case = |path: &str, table, answered_by, group, filters| Case {
+        path: path.to_owned(),
+        table,
+        answered_by,
+        group,
+        filters,
+    };
+    let cases = [
+        case(
+            "/monitoring/breakdown?by=key&range=24h",
+            "usage_rollup_hour",
+            "usage_rollup_caller_hour",
+            "key_id",
+            vec![],
+        ),
+        case(
+            "/monitoring/breakdown?by=client_id&range=24h",
+            "usage_rollup_hour",
+            "usage_rollup_caller_hour",
+            "client_id",
+            vec![],
+        ),
+        case(
+            "/monitoring/breakdown?by=key&range=30d",
+            "usage_rollup_day",
+            "usage_rollup_caller_day",
+            "key_id",
+            vec![],
+        ),
+        case(
+            "/monitoring/breakdown?by=client_id&range=30d&status_class=4xx",
+            "usage_rollup_day",
+            "usage_rollup_caller_day",
+            "client_id",
+            vec![("status_class", "4xx")],
+        ),
+        case(
+            "/monitoring/series?range=30d&key_id=key_1&status_class=5xx",
+            "usage_rollup_day",
+            "usage_rollup_caller_day",
+            "bucket",
+            vec![("key_id", "key_1"), ("status_class", "5xx")],
+        ),
+        case(
+            "/monitoring/series?range=24h&client_id=client-2",
+            "usage_rollup_hour",
+            "usage_rollup_caller_hour",
+            "bucket",
+            vec![("client_id", "client-2")],
+        ),
+        case(
+            "/monitoring/series?range=1h",
+            "usage_rollup_minute",
+            "usage_rollup_api_minute",
+            "bucket",
+            vec![],
+        ),
+        case(
+            "/monitoring/series?range=1h&status_class=2xx",
+            "usage_rollup_minute",
+            "usage_rollup_api_minute",
+            "bucket",
+            vec![("status_class", "2xx")],
+        ),
+    ];
+    let mut answers = Vec::new();
+    for c in &cases {
+        let (got, window) = answer(&app, &user, c).await;
+        let want = from_every_dimension(
+            &app,
+            c.table,
+            &user.namespace_id,
+            window,
+            c.group,
+            &c.filters,
+        )
+        .await;
+        assert!(got.len() > 1, "{}: the data covers several groups", c.path);
+        assert_eq!(got, want, "{} against {}", c.path, c.table);
+        answers.push(got);
+    }
+
+    // The smaller tables answer: a database upgraded from before them has
+    // them filled by the migration's own statements from the tables keyed by
+    // every dimension, and then answers the same as one that wrote them all
+    // along. Emptied, they leave those queries with nothing.
+    let mut conn = app.store.conn().await.unwrap();
+    for t in [
+        "usage_rollup_api_minute",
+        "usage_rollup_caller_hour",
+        "usage_rollup_caller_day",
+    ] {
+        sqlx::query(&format!("DELETE FROM {t}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    for c in &cases {
+        let (got, _) = answer(&app, &user, c).await;
+        assert!(got.is_empty(), "{} reads {}", c.path, c.answered_by);
+    }
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../migrations")
+        .join(dialect)
+        .join("0010_monitoring_rollups.sql");
+    let migration = std::fs::read_to_string(path).unwrap();
+    let fills: Vec<&str> = migration
+        .split(';')
+        .map(str::trim)
+        .filter(|s| s.starts_with("INSERT INTO"))
+        .collect();
+    assert_eq!(fills.len(), 3, "one fill per new table");
+    for sql in fills {
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    }
+    drop(conn);
+    for (c, before) in cases.iter().zip(&answers) {
+        let (got, _) = answer(&app, &user, c).await;
+        assert_eq!(&got, before, "{} after the migration's fill", c.path);
+    }
 }
