@@ -469,7 +469,7 @@ async fn run(label: &str, url: String, dir: &std::path::Path, events: u64) -> us
             );
         }
     }
-    drop(recorder);
+    drop(writer);
     println!("    load: {:.1} s", t0.elapsed().as_secs_f64());
     if label == "PostgreSQL" {
         let mut conn = store.conn().await.unwrap();
