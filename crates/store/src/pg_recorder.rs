@@ -328,15 +328,7 @@ impl PgRecorder {
         };
         let totals = plan.totals();
         let lines = plan.lines();
-        // What the entries after each one move on its account.
-        let mut later = vec![0i64; lines.len()];
-        let mut running: std::collections::HashMap<(&str, tally_common::Environment), i64> =
-            std::collections::HashMap::new();
-        for (i, l) in lines.iter().enumerate().rev() {
-            let sum = running.entry((l.namespace_id, l.environment)).or_default();
-            later[i] = *sum;
-            *sum += l.amount;
-        }
+        let later = crate::recording::later(lines);
 
         let mut q = sqlx::query(statement());
         for column in columns {
@@ -387,20 +379,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_statement_numbers_its_parameters_in_order() {
-        let sql = statement();
-        let mut seen: Vec<usize> = Vec::new();
-        for p in sql.split('$').skip(1) {
-            let n: usize = p
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap();
-            if !seen.contains(&n) {
-                seen.push(n);
-            }
-        }
+    fn the_statement_uses_every_parameter_it_binds() {
+        let seen = crate::recording::placeholders(statement());
         // Usage (texts, integers), rollups (table, keys, integers), now,
         // holder, spending (3), moves (3), ledger (7).
         let usage = USAGE.iter().filter(|(_, t)| *t == "text").count() + 1;
@@ -409,5 +389,9 @@ mod tests {
         let mut sorted = seen.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (1..=seen.len()).collect::<Vec<_>>());
+        assert_eq!(
+            USAGE_INTS,
+            USAGE.iter().filter(|(_, t)| *t == "int8").count()
+        );
     }
 }

@@ -165,7 +165,7 @@ pub async fn move_balance(
 }
 
 /// `($1,…,$arity),($arity+1,…)` for `rows` rows.
-fn values(rows: usize, arity: usize) -> String {
+pub(crate) fn values(rows: usize, arity: usize) -> String {
     let mut out = String::with_capacity(rows * arity * 5);
     for r in 0..rows {
         if r > 0 {
@@ -446,23 +446,31 @@ pub(crate) fn totals<'a>(lines: &[Line<'a>]) -> Vec<(&'a str, Environment, i64)>
     out
 }
 
+/// What the entries after each one move on its account, within the batch:
+/// an entry's balance-after is its account's balance after the whole batch
+/// minus this.
+pub(crate) fn later(lines: &[Line<'_>]) -> Vec<i64> {
+    let mut out = vec![0; lines.len()];
+    let mut running: HashMap<(&str, Environment), i64> = HashMap::new();
+    for (i, l) in lines.iter().enumerate().rev() {
+        let sum = running.entry((l.namespace_id, l.environment)).or_default();
+        out[i] = *sum;
+        *sum += l.amount;
+    }
+    out
+}
+
 /// Fills in each entry's balance-after, counted back from each account's
 /// balance after the whole batch (`after`, as returned for [`totals`]).
 pub(crate) fn settle(lines: &mut [Line<'_>], after: &[(&str, Environment, i64)]) {
-    let mut running: HashMap<(&str, Environment), i64> = after
+    let after: HashMap<(&str, Environment), i64> = after
         .iter()
         .map(|&(ns, env, balance)| ((ns, env), balance))
         .collect();
-    for l in lines.iter() {
-        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
-            *b -= l.amount;
-        }
-    }
-    // `running` now holds each balance before the batch.
-    for l in lines.iter_mut() {
-        if let Some(b) = running.get_mut(&(l.namespace_id, l.environment)) {
-            *b += l.amount;
-            l.balance_after = *b;
+    let later = later(lines);
+    for (l, later) in lines.iter_mut().zip(later) {
+        if let Some(b) = after.get(&(l.namespace_id, l.environment)) {
+            l.balance_after = b - later;
         }
     }
 }
@@ -536,6 +544,21 @@ fn bind<'q>(
     q
 }
 
+/// The `$N` placeholders of `sql`, each once, in the order they first appear.
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+pub(crate) fn placeholders(sql: &str) -> Vec<usize> {
+    let mut seen: Vec<usize> = Vec::new();
+    for p in sql.split('$').skip(1) {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        let n = digits.parse().expect("every `$` is followed by its number");
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -603,33 +626,14 @@ mod tests {
         all.extend(updates);
         all.extend(plan.ledger(&balances, 5));
         for s in &all {
-            let highest = s
-                .sql
-                .split('$')
-                .skip(1)
-                .filter_map(|p| {
-                    p.chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect::<String>()
-                        .parse::<usize>()
-                        .ok()
-                })
-                .max()
-                .unwrap();
-            assert_eq!(highest, s.params.len(), "{}", s.sql);
+            let first_seen = placeholders(&s.sql);
+            assert_eq!(
+                first_seen.iter().max().copied().unwrap(),
+                s.params.len(),
+                "{}",
+                s.sql
+            );
             // SQLite numbers `$N` by first appearance: they must appear in order.
-            let mut first_seen: Vec<usize> = Vec::new();
-            for p in s.sql.split('$').skip(1) {
-                let n: usize = p
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse()
-                    .unwrap();
-                if !first_seen.contains(&n) {
-                    first_seen.push(n);
-                }
-            }
             let expected: Vec<usize> = (1..=first_seen.len()).collect();
             assert_eq!(first_seen, expected, "{}", s.sql);
         }

@@ -316,22 +316,10 @@ pub fn hist_sums() -> &'static str {
 
 /// The upsert of `rows` rows into `table`, placeholders `$1`… in order.
 pub fn upsert_sql(table: &str, rows: usize) -> String {
-    let mut values = String::from("VALUES ");
-    for r in 0..rows {
-        if r > 0 {
-            values.push(',');
-        }
-        values.push('(');
-        for c in 0..ARITY {
-            if c > 0 {
-                values.push(',');
-            }
-            values.push('$');
-            values.push_str(&(r * ARITY + c + 1).to_string());
-        }
-        values.push(')');
-    }
-    upsert_from(table, &values)
+    upsert_from(
+        table,
+        &format!("VALUES {}", crate::recording::values(rows, ARITY)),
+    )
 }
 
 /// The upsert of `table`'s rows produced by `source` (`VALUES …`, or
