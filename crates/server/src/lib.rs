@@ -206,7 +206,7 @@ impl Application {
             cluster,
             egress,
             settings: Arc::new(settings),
-            started_at: chrono::Utc::now(),
+            started_at: tally_store::clock::now(),
             started: Instant::now(),
         });
         let server = {

@@ -17,6 +17,7 @@ pub mod auto_topups;
 pub mod billing;
 pub mod bonuses;
 pub mod catalog;
+pub mod clock;
 pub mod cluster;
 pub mod events;
 pub mod keys;
@@ -282,9 +283,9 @@ impl Store {
     }
 }
 
-/// Current time in Unix milliseconds.
+/// Current time in Unix milliseconds (see [`clock`]).
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    clock::now_ms()
 }
 
 /// A new time-ordered id with a readable prefix, e.g. `ns_0190c3…`.

@@ -29,7 +29,7 @@ mod stream;
 mod wire;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub struct Gateway {
     pushed: AtomicBool,
     /// Wakes the change poller at once.
     poll_wake: tokio::sync::Notify,
+    /// Change polls completed, for tests that wait for the next one.
+    change_polls: AtomicU64,
 }
 
 /// Text a caller chose that the gateway keeps (a path, a model name): at
@@ -119,6 +121,7 @@ impl Gateway {
             settings,
             pushed: AtomicBool::new(false),
             poll_wake: tokio::sync::Notify::new(),
+            change_polls: AtomicU64::new(0),
         }))
     }
 
@@ -151,6 +154,11 @@ impl Gateway {
     /// Change notifications arrive (true) or not (false): see `crate::cluster`.
     pub fn set_pushed(&self, pushed: bool) {
         self.pushed.store(pushed, Ordering::Relaxed);
+    }
+
+    /// How many change polls have completed.
+    pub fn change_polls(&self) -> u64 {
+        self.change_polls.load(Ordering::Relaxed)
     }
 
     /// Polls for changes now (after change notifications were missed).
@@ -230,6 +238,7 @@ impl Gateway {
         if version != self.catalog().version {
             self.reload_catalog().await?;
         }
+        self.change_polls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -93,7 +93,7 @@ impl Month {
 
 /// The months a namespace has statements for: its creation month to now.
 fn months_of(member: &CurrentMember) -> (Month, Month) {
-    let now = Utc::now();
+    let now = tally_store::clock::now();
     let created = DateTime::parse_from_rfc3339(&member.namespace.namespace.created_at)
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or(now);

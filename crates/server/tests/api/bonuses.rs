@@ -9,7 +9,9 @@ use serde_json::json;
 use tally_common::{Bonus, BonusList, CreatedKey, Environment, ErrorCode};
 
 use crate::billing::{assert_ledger_consistent, balance, billing_app, events_of_kind, ledger, ns};
-use crate::helpers::{assert_error, backend_tests, json, Backend, TestApp, User};
+use crate::helpers::{
+    assert_error, backend_tests, eventually, in_own_process, json, Backend, TestApp, User,
+};
 
 backend_tests!(
     expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_ledger,
@@ -42,6 +44,27 @@ async fn bonuses(app: &TestApp, user: &User, env: &str) -> BonusList {
     .await
 }
 
+const HOUR_MS: i64 = 3_600_000;
+
+/// Rounds of the credits upkeep (bonus expiry among them) this process has
+/// run, from `/metrics`: the test runs alone in its process, so they are its
+/// server's.
+async fn upkeep_rounds(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tally_upkeep_rounds_total{task=\"credits\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn in_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(tally_store::now_ms() + ms)
         .unwrap()
@@ -51,7 +74,17 @@ fn in_ms(ms: i64) -> String {
 async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_ledger(
     backend: Backend,
 ) {
-    let app = billing_app(backend, |s| s.billing.alert_check_interval_ms = 50).await;
+    // It moves the clock past the bonus's expiry.
+    in_own_process!(
+        backend,
+        "expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_ledger"
+    );
+    let app = billing_app(backend, |s| {
+        s.billing.alert_check_interval_ms = 50;
+        // Sessions that outlast the clock's travel.
+        s.auth.access_token_ttl_secs = 86_400;
+    })
+    .await;
     let operator = app.signup_operator("op").await;
     let user = app.signup("node-runner").await;
     let welcome = balance(&app, &user, Environment::Test).await;
@@ -62,7 +95,7 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
             &operator,
             &user,
             json!({"environment": "test", "amount_micros": 1_000_000, "reason": "running_node",
-                   "expires_at": in_ms(2500), "memo": "node n-1, week 12"}),
+                   "expires_at": in_ms(HOUR_MS), "memo": "node n-1, week 12"}),
         )
         .await,
         StatusCode::CREATED,
@@ -126,8 +159,27 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
     let never = list.items.iter().find(|b| b.expires_at.is_none()).unwrap();
     assert_eq!(never.remaining_micros, 500_000);
 
+    // Not before its time: an hour less a minute later, nothing has expired.
+    let granted_at = tally_store::now_ms();
+    tally_store::clock::travel_to(granted_at + HOUR_MS - 60_000);
+    let rounds = upkeep_rounds(&app).await;
+    eventually(30, "two rounds of the expiry check", || async {
+        upkeep_rounds(&app).await >= rounds + 2.0
+    })
+    .await;
+    assert!(ledger(&app, &user, "test")
+        .await
+        .items
+        .iter()
+        .all(|e| e.kind != "bonus_expired"));
+    assert_eq!(
+        bonuses(&app, &user, "test").await.expiring_micros,
+        1_000_000 - spent
+    );
+
     // At expiry what is left leaves through one entry referencing the grant.
-    let deadline = Instant::now() + Duration::from_secs(8);
+    tally_store::clock::travel_to(granted_at + HOUR_MS + 1_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let expiry = loop {
         let entries = ledger(&app, &user, "test").await.items;
         if let Some(e) = entries.iter().find(|e| e.kind == "bonus_expired") {
@@ -148,7 +200,11 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
     assert_eq!(exp.expired_micros, 1_000_000 - spent);
     assert_eq!(list.expiring_micros, 0);
     // Once: later rounds of the checker find nothing more to expire.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rounds = upkeep_rounds(&app).await;
+    eventually(30, "two more rounds of the expiry check", || async {
+        upkeep_rounds(&app).await >= rounds + 2.0
+    })
+    .await;
     assert_eq!(
         events_of_kind(&app, &user, "credits.bonus_expired")
             .await

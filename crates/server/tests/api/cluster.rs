@@ -396,9 +396,11 @@ async fn a_killed_instance_keeps_its_answered_calls_and_its_lease_goes_back() {
             (answered, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let (_, reserved, _) = account(&db, &ns).await;
-    assert!(reserved > 0, "B holds a lease while it serves");
+    let leased = within(Duration::from_secs(30), || async {
+        account(&db, &ns).await.1 > 0
+    })
+    .await;
+    assert!(leased.is_some(), "B holds a lease while it serves");
     b.kill();
     let (answered, failed) = load.await.unwrap();
     assert!(failed > 0, "the kill cut calls off");
@@ -478,8 +480,19 @@ async fn the_upkeep_runs_on_exactly_one_instance_and_moves_when_it_dies() {
     })
     .await;
     assert!(one_leader.is_some(), "one instance leads");
-    // Over two seconds of 200 ms rounds, only the leader works.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Over several of its 200 ms rounds, only the leader works.
+    let mut first = Vec::new();
+    for n in &nodes {
+        first.push(upkeep_state(&client, n).await.unwrap());
+    }
+    let leader = first.iter().position(|s| s.0 == 1.0).unwrap();
+    let rounds = within(Duration::from_secs(30), || async {
+        upkeep_state(&client, &nodes[leader])
+            .await
+            .is_some_and(|s| s.1 >= first[leader].1 + 5.0)
+    })
+    .await;
+    assert!(rounds.is_some(), "the leader runs its rounds: {first:?}");
     let mut states = Vec::new();
     for n in &nodes {
         states.push(upkeep_state(&client, n).await.unwrap());

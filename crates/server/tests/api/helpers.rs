@@ -49,6 +49,86 @@ macro_rules! backend_tests {
 }
 pub(crate) use backend_tests;
 
+/// Makes the calling test run alone in a child process of this test binary,
+/// for a test that moves the process-wide clock (`tally_store::clock`): the
+/// tests sharing this process would see it move. The first line of such a
+/// test: `in_own_process!(backend, "its_function_name");`. In the parent it
+/// waits for the child and returns from the test, failing when the child
+/// failed or ran no test.
+macro_rules! in_own_process {
+    ($backend:expr, $name:expr) => {
+        if !$crate::helpers::own_process(module_path!(), $name, $backend).await {
+            return;
+        }
+    };
+}
+pub(crate) use in_own_process;
+
+const OWN_PROCESS_ENV: &str = "TALLY_TEST_OWN_PROCESS";
+
+/// Whether this process is the one the test `name` (in `module`, on
+/// `backend`) runs in; see [`in_own_process`].
+pub async fn own_process(module: &str, name: &str, backend: Backend) -> bool {
+    // `module_path!()` starts with the test crate's name, which test names omit.
+    let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+    let variant = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let test = format!("{module}::{variant}::{name}");
+    if std::env::var(OWN_PROCESS_ENV).is_ok_and(|t| t == test) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let run = test.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(exe)
+            .args([run.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(OWN_PROCESS_ENV, &run)
+            .output()
+    })
+    .await
+    .expect("the child's waiter")
+    .expect("the test binary starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test}, run in its own process, failed or did not run:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+/// Waits until a key changed (created, updated) at or before `changed_at`
+/// (Unix ms, read after the change's answer) is past the change poller's
+/// look-back: a poll drops a cached key read less than
+/// `CHANGE_COMMIT_MS` after its change, so only a read after that stays cached.
+pub async fn past_change_lookback(changed_at: i64) {
+    let until = changed_at + tally_server::gateway::keys::CHANGE_COMMIT_MS + 1;
+    while tally_store::now_ms() < until {
+        let left = u64::try_from(until - tally_store::now_ms()).unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(left.max(1))).await;
+    }
+}
+
+/// Polls `check` until it holds, failing with `what` after `secs` seconds:
+/// for what happens in the background (a poll, a sweep), where a fixed sleep
+/// would be too short on a loaded machine and wasted on an idle one.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 const PG_ENV: &str = "TALLY_TEST_DATABASE_URL";
 
 /// Whether the PostgreSQL variants run. Fails under CI when they cannot.
@@ -189,6 +269,17 @@ pub async fn start(settings: Settings) -> (String, tally_store::Store) {
     let store = app.store().clone();
     tokio::spawn(app.run_until_stopped());
     (address, store)
+}
+
+/// Starts a second server, as [`start`] does, and returns its gateway.
+pub async fn start_with_gateway(
+    settings: Settings,
+) -> (String, std::sync::Arc<tally_server::gateway::Gateway>) {
+    let app = Application::build(settings).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let gateway = app.gateway().clone();
+    tokio::spawn(app.run_until_stopped());
+    (address, gateway)
 }
 
 /// Starts a server on `db` with `settings`; also returns its gateway (whose

@@ -11,7 +11,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_common::{CreatedKey, ErrorCode};
 
-use crate::helpers::{assert_error, backend_tests, json, spawn_app_with, Backend, TestApp, User};
+use crate::helpers::{
+    assert_error, backend_tests, eventually, json, past_change_lookback, spawn_app_with, Backend,
+    TestApp, User,
+};
 
 backend_tests!(
     a_flood_of_random_keys_never_evicts_a_cached_valid_key,
@@ -81,11 +84,15 @@ async fn a_flood_of_random_keys_never_evicts_a_cached_valid_key(backend: Backend
     .await;
     let user = app.signup("dev").await;
     let key = create_key(&app, &user, json!({"name": "k", "environment": "test"})).await;
-    // The change poller drops a key for two seconds after a change (its
-    // look-back); after that the cached key stays.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // The change poller drops a key read within its look-back after a
+    // change; a key read after it stays cached, through every later poll.
+    past_change_lookback(tally_store::now_ms()).await;
     assert_eq!(chat(&app, &key.secret).await.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let polls = gw.change_polls();
+    eventually(30, "two more change polls", || async {
+        gw.change_polls() >= polls + 2
+    })
+    .await;
     assert_eq!(chat(&app, &key.secret).await.status(), StatusCode::OK);
     let before = gw.keys.stats();
     assert_eq!(
@@ -121,8 +128,7 @@ async fn concurrent_misses_of_one_secret_read_the_database_once(backend: Backend
     let (app, gw) = spawn_app_with(backend, |_| {}).await;
     let user = app.signup("dev").await;
     let key = create_key(&app, &user, json!({"name": "k", "environment": "test"})).await;
-    // Past the change poller's look-back, which drops a new key for 2 s.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    past_change_lookback(tally_store::now_ms()).await;
 
     let calls = (0..16).map(|_| chat(&app, &key.secret));
     for res in join_all(calls).await {
@@ -183,8 +189,7 @@ async fn an_address_sending_unknown_keys_gets_429_while_cached_keys_keep_working
     let user = app.signup("dev").await;
     let cached = create_key(&app, &user, json!({"name": "c", "environment": "test"})).await;
     let uncached = create_key(&app, &user, json!({"name": "u", "environment": "test"})).await;
-    // Past the change poller's look-back, which drops a new key for 2 s.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    past_change_lookback(tally_store::now_ms()).await;
     assert_eq!(chat(&app, &cached.secret).await.status(), StatusCode::OK);
 
     // The first PER_SEC unknown secrets are looked up and answered 401; the
@@ -327,8 +332,7 @@ async fn behind_a_trusted_balancer_the_unknown_key_throttle_counts_each_client(b
     .await;
     let user = app.signup("dev").await;
     let key = create_key(&app, &user, json!({"name": "k", "environment": "test"})).await;
-    // Past the change poller's look-back, which drops a new key for 2 s.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    past_change_lookback(tally_store::now_ms()).await;
     let from = |client: &'static str, secret: String| {
         app.client
             .post(app.url("/v1/chat/completions"))

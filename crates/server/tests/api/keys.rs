@@ -5,7 +5,13 @@ use tally_common::{
 };
 use tally_store::sqlx::{self, Row};
 
-use crate::helpers::{assert_error, backend_tests, json, spawn_app, Backend, TestApp, User};
+use crate::helpers::{
+    assert_error, backend_tests, in_own_process, json, spawn_app, spawn_app_with, Backend, TestApp,
+    User,
+};
+
+/// An access token lifetime that outlasts the clock's travels in these tests.
+const DAY_SECS: i64 = 86_400;
 
 backend_tests!(
     a_new_key_shows_its_secret_once_and_only_a_hash_is_stored,
@@ -219,7 +225,12 @@ async fn bad_key_input_is_rejected_and_creates_nothing(backend: Backend) {
 }
 
 async fn rotation_keeps_the_old_secret_at_the_gateway_until_the_grace_deadline(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // It moves the clock to either side of a grace deadline.
+    in_own_process!(
+        backend,
+        "rotation_keeps_the_old_secret_at_the_gateway_until_the_grace_deadline"
+    );
+    let (app, _) = spawn_app_with(backend, |s| s.auth.access_token_ttl_secs = DAY_SECS).await;
     let user = app.signup("dev").await;
     let first = create_key(&app, &user, json!({"name": "k", "environment": "live"})).await;
     let rotate = |grace: Value| {
@@ -252,26 +263,28 @@ async fn rotation_keeps_the_old_secret_at_the_gateway_until_the_grace_deadline(b
     assert_eq!(gateway_takes(&app, &third.secret).await, Ok(()));
     assert!(third.key.previous_secret_expires_at.is_none());
 
-    // A short grace: the old secret works (and is cached) until its deadline
-    // passes, then the gateway refuses it while the new one keeps working.
-    let fourth = rotate(json!({"grace_seconds": 1})).await;
+    // A grace of an hour: the old secret works (and is cached) until its
+    // deadline, a second before it still, and is refused once it has passed,
+    // while the new one keeps working.
+    let rotated_at = tally_store::now_ms();
+    let fourth = rotate(json!({"grace_seconds": 3600})).await;
     assert_eq!(gateway_takes(&app, &third.secret).await, Ok(()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match gateway_takes(&app, &third.secret).await {
-            Ok(()) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the old secret still works 10 s after a grace of 1 s"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(code) => {
-                assert_eq!(code, ErrorCode::KeyExpired);
-                break;
-            }
-        }
-    }
+    let deadline = chrono::DateTime::parse_from_rfc3339(
+        fourth.key.previous_secret_expires_at.as_deref().unwrap(),
+    )
+    .unwrap()
+    .timestamp_millis();
+    assert!(
+        (rotated_at + 3_600_000..=tally_store::now_ms() + 3_600_000).contains(&deadline),
+        "{deadline}"
+    );
+    tally_store::clock::travel_to(deadline - 1_000);
+    assert_eq!(gateway_takes(&app, &third.secret).await, Ok(()));
+    tally_store::clock::travel_to(deadline + 1);
+    assert_eq!(
+        gateway_takes(&app, &third.secret).await,
+        Err(ErrorCode::KeyExpired)
+    );
     assert_eq!(gateway_takes(&app, &fourth.secret).await, Ok(()));
 }
 
@@ -486,9 +499,11 @@ async fn keys_of_another_namespace_are_never_visible(backend: Backend) {
 }
 
 async fn a_key_past_its_expiry_is_listed_as_expired(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // It moves the clock past the key's expiry.
+    in_own_process!(backend, "a_key_past_its_expiry_is_listed_as_expired");
+    let (app, _) = spawn_app_with(backend, |s| s.auth.access_token_ttl_secs = DAY_SECS).await;
     let user = app.signup("dev").await;
-    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(600)).to_rfc3339();
+    let soon = (tally_store::clock::now() + chrono::Duration::hours(1)).to_rfc3339();
     let key = create_key(
         &app,
         &user,
@@ -496,7 +511,12 @@ async fn a_key_past_its_expiry_is_listed_as_expired(backend: Backend) {
     )
     .await;
     assert_eq!(key.key.status, KeyStatus::Active);
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    assert_eq!(gateway_takes(&app, &key.secret).await, Ok(()));
+    tally_store::clock::travel_to(tally_store::now_ms() + 3_600_000 + 1_000);
+    assert_eq!(
+        gateway_takes(&app, &key.secret).await,
+        Err(ErrorCode::KeyExpired)
+    );
     let list: KeyList = json(
         app.get(
             &format!("{}?status=expired", keys_path(&user)),

@@ -21,6 +21,7 @@ mod monitoring;
 mod namespaces;
 mod openapi;
 mod operators;
+mod periods;
 mod redis_limits;
 mod sellers;
 mod static_files;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_common::{
-    latency_bucket, Breakdown, CreatedKey, DashboardRole, DashboardSummary, Environment, ErrorCode,
-    RequestPage, Series, UsageEvent,
+    latency_bucket, Breakdown, Bucket, CreatedKey, DashboardRole, DashboardSummary, Environment,
+    ErrorCode, RequestPage, Series, TimeRange, UsageEvent,
 };
 use tally_store::sqlx::{self, Row};
 use tally_store::usage::CallRecord;
@@ -230,7 +230,7 @@ async fn rollup_totals_equal_raw_events_for_random_gateway_traffic(backend: Back
     // The API reports the same totals, whichever table answers.
     let total = raw_sums(&app, &user.namespace_id, "namespace_id").await;
     let total = total.values().next().unwrap();
-    for range in ["1h", "24h", "7d", "30d", "90d"] {
+    for range in ["1h", "6h", "24h", "7d", "30d", "90d"] {
         let s: Series = json(
             app.get(
                 &ns(
@@ -249,8 +249,26 @@ async fn rollup_totals_equal_raw_events_for_random_gateway_traffic(backend: Back
         assert_eq!(s.totals.tokens_in, total.tokens_in, "{range}");
         assert_eq!(s.totals.tokens_out, total.tokens_out, "{range}");
         assert_eq!(s.points.iter().map(|p| p.calls).sum::<i64>(), total.calls);
+        // One point per bucket of the window, none missing.
+        let span = chrono::DateTime::parse_from_rfc3339(&s.to).unwrap()
+            - chrono::DateTime::parse_from_rfc3339(&s.from).unwrap();
+        assert_eq!(
+            span.num_seconds(),
+            s.points.len() as i64 * s.bucket.seconds(),
+            "{range}"
+        );
+        let expected = match range {
+            "1h" | "6h" => Bucket::Minute,
+            "24h" | "7d" => Bucket::Hour,
+            _ => Bucket::Day,
+        };
+        assert_eq!(s.bucket, expected, "{range}");
+        assert!(
+            span.num_seconds() >= TimeRange::parse(range).unwrap().seconds(),
+            "{range}"
+        );
     }
-    for range in ["1h", "24h", "30d"] {
+    for range in ["1h", "6h", "24h", "30d"] {
         for (by, column) in [
             ("key", "key_id"),
             ("api", "api"),
