@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod credits;
 pub mod error;
 pub mod events;
+pub mod format;
 pub mod keys;
 pub mod monitoring;
 pub mod namespaces;

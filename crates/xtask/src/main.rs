@@ -900,10 +900,12 @@ fn test(cx: &Ctx, args: &[String]) -> Result<()> {
     } else {
         "SQLite only; set TALLY_TEST_DATABASE_URL for PostgreSQL"
     };
-    // The whole workspace, the dashboard's unit tests (chart scales, number formats) among
-    // them: they are plain Rust and run on the host, no browser needed.
     report.run(&format!("cargo test ({databases})"), || {
-        exec_counting(cx.cargo().args(["test", "--workspace"]), &mut counts)
+        exec_counting(
+            cx.cargo()
+                .args(["test", "--workspace", "--exclude", FRONTEND_PACKAGE]),
+            &mut counts,
+        )
     })?;
     // `cargo test` has just built the debug `tally` for the HTTP tests; schemathesis and the
     // browser suite use that one.

@@ -12,6 +12,7 @@
 //! through the integer micro-credit helpers.
 
 use leptos::prelude::*;
+pub use tally_common::format::{count as count_label, nice_scale};
 
 const HEIGHT: f64 = 220.0;
 const LEFT: f64 = 64.0;
@@ -47,39 +48,6 @@ pub struct Point {
 
 /// A value formatter for the y axis and tooltips.
 pub type Format = fn(f64) -> String;
-
-/// A round upper bound and tick step for values up to `max`: 1, 2,
-/// 2.5 or 5 times a power of ten, four or five ticks.
-pub fn nice_scale(max: f64) -> (f64, f64) {
-    if !max.is_finite() || max <= 0.0 {
-        return (1.0, 0.25);
-    }
-    let rough = max / 4.0;
-    let magnitude = 10f64.powf(rough.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * magnitude)
-        .find(|s| *s >= rough)
-        .unwrap_or(10.0 * magnitude);
-    ((max / step).ceil() * step, step)
-}
-
-/// A whole number with thousands separators: `12,345`.
-pub fn count_label(v: f64) -> String {
-    let n = v.round() as i64;
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// The y axis: grid lines and labels for `0..=max` in `step`s.
 fn y_axis(width: f64, max: f64, step: f64, format: Format) -> impl IntoView {
@@ -332,18 +300,4 @@ pub fn LineChart(
         format,
     };
     frame(label, scale, series, hover, (lines, slots))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scales_are_round_and_cover_the_maximum() {
-        assert_eq!(nice_scale(0.0), (1.0, 0.25));
-        assert_eq!(nice_scale(7.0), (8.0, 2.0));
-        assert_eq!(nice_scale(100.0), (100.0, 25.0));
-        assert_eq!(nice_scale(101.0), (150.0, 50.0));
-        assert_eq!(count_label(1234567.0), "1,234,567");
-    }
 }

@@ -95,70 +95,11 @@ pub fn short_time(rfc3339: &str) -> String {
     format!("{t} UTC")
 }
 
-const MICROS_PER_CREDIT: i64 = 1_000_000;
-
-/// Micro-credits as credits with all six decimals, `-0.002100`, `1,250.000000`:
-/// exact integer arithmetic, never a float, so what is shown is what is stored.
-pub fn credits(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let abs = micros.unsigned_abs();
-    let whole = (abs / MICROS_PER_CREDIT as u64).to_string();
-    let frac = abs % MICROS_PER_CREDIT as u64;
-    let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    format!("{sign}{grouped}.{frac:06}")
-}
+pub use tally_common::format::{credits, millis, parse_credits};
 
 /// `credits(micros)` followed by the unit.
 pub fn credits_label(micros: i64) -> String {
     format!("{} credits", credits(micros))
-}
-
-/// Reads an amount of credits typed by a person (`12`, `0.5`, `1,000.25`) as
-/// micro-credits; `None` when it is not a number or has more than six decimals.
-pub fn parse_credits(text: &str) -> Option<i64> {
-    let text: String = text
-        .trim()
-        .chars()
-        .filter(|c| *c != ',' && *c != '_')
-        .collect();
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.as_str()),
-    };
-    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if (whole.is_empty() && frac.is_empty())
-        || frac.len() > 6
-        || !whole
-            .chars()
-            .chain(frac.chars())
-            .all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let whole: i64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let frac: i64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<6}").parse().ok()?
-    };
-    let micros = whole.checked_mul(MICROS_PER_CREDIT)?.checked_add(frac)?;
-    Some(if negative { -micros } else { micros })
-}
-
-/// Microseconds as milliseconds with one decimal: `12.3 ms`.
-pub fn millis(us: i64) -> String {
-    let us = us.max(0);
-    format!("{}.{} ms", us / 1000, us % 1000 / 100)
 }
 
 /// A price rule in words, only the parts that cost something.

@@ -12,6 +12,7 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
+use tally_common::format::{credit_axis, error_rate, ms_axis, pct_axis};
 use tally_common::{
     Breakdown, BreakdownBy, Bucket, Environment, ExportFormat, MonitoringQuery, Series,
     SeriesPoint, StatusClass, TimeRange, UsageEvent,
@@ -19,9 +20,7 @@ use tally_common::{
 
 use crate::api::{self, LogCursor};
 use crate::components::charts::{count_label, Bar, ChartSeries, LineChart, Point, StackedBars};
-use crate::components::{
-    credits, credits_label, millis, short_time, use_refresh_tick, ErrorNotice, Loaded,
-};
+use crate::components::{credits_label, millis, short_time, use_refresh_tick, ErrorNotice, Loaded};
 use crate::state::use_app;
 
 /// Rows per page of the request log.
@@ -199,14 +198,6 @@ fn Filters(filters: RwSignal<MonitoringQuery>) -> impl IntoView {
     }
 }
 
-fn rate(errors: i64, calls: i64) -> String {
-    if calls == 0 {
-        return "–".to_owned();
-    }
-    let tenths = (errors * 1000 + calls / 2) / calls;
-    format!("{}.{}%", tenths / 10, tenths % 10)
-}
-
 /// The window's totals above the charts.
 #[component]
 fn Totals(series: LocalResource<Result<Series, api::ApiError>>) -> impl IntoView {
@@ -216,7 +207,7 @@ fn Totals(series: LocalResource<Result<Series, api::ApiError>>) -> impl IntoView
             view! {
                 <div class="kpis" data-testid="monitoring-totals">
                     <div class="kpi"><span class="muted">"Calls"</span><strong data-testid="total-calls">{count_label(t.calls as f64)}</strong></div>
-                    <div class="kpi"><span class="muted">"Error rate"</span><strong class:err={t.errors > 0}>{rate(t.errors, t.calls)}</strong></div>
+                    <div class="kpi"><span class="muted">"Error rate"</span><strong class:err={t.errors > 0}>{error_rate(t.errors, t.calls)}</strong></div>
                     <div class="kpi"><span class="muted">"Latency p50 / p95 / p99"</span><strong>{format!("{} / {} / {}", millis(t.p50_us), millis(t.p95_us), millis(t.p99_us))}</strong></div>
                     <div class="kpi"><span class="muted">"Cost"</span><strong>{credits_label(t.cost_micros)}</strong></div>
                     <div class="kpi"><span class="muted">"Tokens in / out"</span><strong>{format!("{} / {}", count_label(t.tokens_in as f64), count_label(t.tokens_out as f64))}</strong></div>
@@ -244,31 +235,6 @@ fn x_label(s: &Series, i: usize, p: &SeriesPoint) -> String {
         }
         _ => t.get(11..16).unwrap_or(t).to_owned(),
     }
-}
-
-/// At most two decimals, without trailing zeros: axis steps such as 0.25 and
-/// 0.75 keep their value (one decimal drew them as 0.2 and 0.8).
-fn short_number(v: f64) -> String {
-    let text = format!("{v:.2}");
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-fn ms(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0} ms")
-    } else {
-        format!("{} ms", short_number(v))
-    }
-}
-
-fn pct(v: f64) -> String {
-    format!("{}%", short_number(v))
-}
-
-/// Credits on an axis: the exact micro-credit formatting without trailing zeros.
-fn credit_axis(v: f64) -> String {
-    let text = credits((v * 1_000_000.0).round() as i64);
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Volume, error rate, latency and cost (M1).
@@ -321,7 +287,7 @@ fn Charts(series: LocalResource<Result<Series, api::ApiError>>) -> impl IntoView
                     </section>
                     <section class="panel" data-testid="chart-errors">
                         <h2>"Error rate"</h2>
-                        <LineChart series=vec![ChartSeries { name: "Error rate", class: "series-err" }] points=errors format=pct label="Error rate" width=560.0 />
+                        <LineChart series=vec![ChartSeries { name: "Error rate", class: "series-err" }] points=errors format=pct_axis label="Error rate" width=560.0 />
                     </section>
                     <section class="panel" data-testid="chart-latency">
                         <h2>"Latency"</h2>
@@ -332,7 +298,7 @@ fn Charts(series: LocalResource<Result<Series, api::ApiError>>) -> impl IntoView
                                 ChartSeries { name: "p99", class: "series-c" },
                             ]
                             points=latency
-                            format=ms
+                            format=ms_axis
                             label="Latency percentiles"
                             width=560.0
                         />
@@ -428,7 +394,7 @@ fn breakdown_table(b: Breakdown) -> AnyView {
                                 <td class="by">{name}</td>
                                 <td class="num">{count_label(r.calls as f64)}</td>
                                 <td class="num" class:neg={r.errors > 0}>{count_label(r.errors as f64)}</td>
-                                <td class="num">{rate(r.errors, r.calls)}</td>
+                                <td class="num">{error_rate(r.errors, r.calls)}</td>
                                 <td class="num">{credits_label(r.cost_micros)}</td>
                                 <td class="num">{millis(r.avg_latency_us)}</td>
                                 <td class="num">{millis(r.p95_us)}</td>
@@ -662,21 +628,5 @@ fn RequestLog(query: Memo<MonitoringQuery>) -> impl IntoView {
                 <span class="muted">{move || format!("Page {}", cursors.with(Vec::len))}</span>
             </div>
         </section>
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn axis_labels_keep_quarter_steps() {
-        assert_eq!(pct(0.25), "0.25%");
-        assert_eq!(pct(0.75), "0.75%");
-        assert_eq!(pct(0.0), "0%");
-        assert_eq!(pct(12.5), "12.5%");
-        assert_eq!(ms(0.75), "0.75 ms");
-        assert_eq!(ms(2.0), "2 ms");
-        assert_eq!(ms(250.4), "250 ms");
     }
 }
