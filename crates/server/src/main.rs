@@ -35,6 +35,46 @@ enum Command {
     Demo(DemoArgs),
     /// Manage operators directly in the configured database (A1).
     Admin(AdminArgs),
+    /// Back up every table to one portable archive, list backups, or restore
+    /// one into an empty database of either backend (O1).
+    Backup(BackupArgs),
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    #[command(subcommand)]
+    command: BackupCommand,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Write a backup of the configured database, from one snapshot (the
+    /// server may keep running).
+    Create {
+        /// Where to write it: a directory (default <data_dir>/backups) or a
+        /// file name ending in .tar.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Include the JWT signing secret and upstream credentials. Without
+        /// them a restored server signs everyone out and its APIs need their
+        /// credentials again.
+        #[arg(long)]
+        include_secrets: bool,
+    },
+    /// List the backups in a directory (default <data_dir>/backups).
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Restore a backup into the configured database, which must be empty
+    /// (migrated here first). Checked whole before anything is written; on
+    /// any error nothing is.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -115,10 +155,10 @@ struct DemoArgs {
 #[derive(Args)]
 struct DbArgs {
     /// Directory for the SQLite database (default ./data).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Database URL (postgres://… or sqlite:…); default SQLite in the data directory.
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
 }
 
@@ -200,6 +240,16 @@ fn main() -> anyhow::Result<()> {
             };
             actix_web::rt::System::new().block_on(admin(settings, args.command, password))
         }
+        Command::Backup(args) => {
+            let overrides = Overrides {
+                data_dir: args.db.data_dir,
+                database_url: args.db.database_url,
+                ..Overrides::default()
+            };
+            let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+            telemetry::init_tracing(settings.log_format);
+            actix_web::rt::System::new().block_on(backup(settings, args.command))
+        }
         Command::Migrate(args) => {
             let overrides = Overrides {
                 data_dir: args.data_dir,
@@ -220,6 +270,95 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+async fn backup(settings: Settings, command: BackupCommand) -> anyhow::Result<()> {
+    use tally_store::backup;
+    let default_dir = settings.data_dir.join("backups");
+    let connect = || async {
+        let store = tally_store::Store::connect(&tally_store::ConnectOptions {
+            url: settings.database_url()?,
+            max_connections: 2,
+        })
+        .await?;
+        store.migrate().await?;
+        anyhow::Ok(store)
+    };
+    match command {
+        BackupCommand::Create {
+            out,
+            include_secrets,
+        } => {
+            let out = out.unwrap_or(default_dir);
+            let path = if out.extension().is_some_and(|e| e == "tar") {
+                out
+            } else {
+                out.join(backup::file_name(tally_store::now_ms()))
+            };
+            let store = connect().await?;
+            let m = backup::create(&store, &path, backup::CreateOptions { include_secrets })
+                .await
+                .with_context(|| format!("backup to {} failed", path.display()))?;
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "{}: {} tables, {} rows, {} bytes, schema {}, from {}{}",
+                path.display(),
+                m.tables.len(),
+                m.rows(),
+                size,
+                m.schema_version,
+                m.source_backend,
+                if m.secrets_included {
+                    ", secrets included"
+                } else {
+                    ", without the JWT secret and upstream credentials"
+                }
+            );
+        }
+        BackupCommand::List { dir } => {
+            let dir = dir.unwrap_or(default_dir);
+            let listed = backup::list(&dir)?;
+            if listed.is_empty() {
+                println!("no backups in {}", dir.display());
+            }
+            for b in listed {
+                match b.manifest {
+                    Ok(m) => println!(
+                        "{}  {} bytes  {} rows  schema {}  from {}{}",
+                        b.path.display(),
+                        b.size,
+                        m.rows(),
+                        m.schema_version,
+                        m.source_backend,
+                        if m.secrets_included { "  secrets" } else { "" }
+                    ),
+                    Err(e) => println!("{}  {} bytes  unreadable: {e}", b.path.display(), b.size),
+                }
+            }
+        }
+        BackupCommand::Restore { file } => {
+            let store = connect().await?;
+            let r = backup::restore(&store, &file).await.with_context(|| {
+                format!("restore of {} failed; nothing was written", file.display())
+            })?;
+            println!(
+                "restored {} tables, {} rows from {} ({} backup of schema {}) into {}",
+                r.rows.len(),
+                r.rows.values().sum::<i64>(),
+                file.display(),
+                r.manifest.source_backend,
+                r.manifest.schema_version,
+                store.backend().as_str()
+            );
+            if !r.manifest.secrets_included {
+                println!(
+                    "the backup holds no JWT secret or upstream credentials: everyone signs in \
+                     again, and APIs with upstream credentials need them entered again"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The new operator's password: from a file, a prompt, or standard input.

@@ -14,6 +14,7 @@
 pub mod accounts;
 pub mod alerts;
 pub mod auto_topups;
+pub mod backup;
 pub mod billing;
 pub mod bonuses;
 pub mod catalog;

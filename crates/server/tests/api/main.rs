@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod backups;
 mod billing;
 mod bonuses;
 mod cluster;

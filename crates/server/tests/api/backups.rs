@@ -1,0 +1,458 @@
+//! Backups (O1): one archive moves a whole install from SQLite to
+//! PostgreSQL and back, every table row for row; it is taken while the
+//! gateway serves; secrets stay out unless asked for; and a truncated,
+//! altered or newer archive, or a target that holds data, is refused with
+//! nothing written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tally_common::CreatedKey;
+use tally_store::backup::{self, BackupError, CreateOptions};
+use tally_store::sqlx::{self, any::AnyRow, Row};
+use tally_store::{ConnectOptions, Store};
+
+use crate::helpers::{
+    add_api, grant, json, postgres_enabled, spawn_with, start, test_settings, Backend, TestApp,
+    TestDatabase, User,
+};
+
+/// Every table of a database, its columns by name and its rows sorted, each
+/// value as `i<integer>`, `t<text>` or `NULL`: read without the backup
+/// module, so a fault there cannot hide itself.
+type Dump = BTreeMap<String, (Vec<String>, Vec<Vec<String>>)>;
+
+async fn dump(store: &Store) -> Dump {
+    let mut conn = store.conn().await.unwrap();
+    let sqlite = store.backend() == tally_store::Backend::Sqlite;
+    let tables: Vec<String> = if sqlite {
+        sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite%' AND name <> '_sqlx_migrations'",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+    } else {
+        sqlx::query_scalar(
+            "SELECT CAST(tablename AS TEXT) FROM pg_tables \
+             WHERE schemaname = current_schema() AND tablename <> '_sqlx_migrations'",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+    };
+    let mut out = Dump::new();
+    for table in tables {
+        let mut columns: Vec<String> = if sqlite {
+            sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+        } else {
+            sqlx::query_scalar(
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1",
+            )
+        }
+        .bind(&table)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        columns.sort();
+        let list: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+        let rows = sqlx::query(&format!("SELECT {} FROM \"{table}\"", list.join(", ")))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let mut rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| (0..columns.len()).map(|i| value(r, i)).collect())
+            .collect();
+        rows.sort();
+        out.insert(table, (columns, rows));
+    }
+    out
+}
+
+fn value(row: &AnyRow, i: usize) -> String {
+    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return v.map_or_else(|| "NULL".to_owned(), |v| format!("i{v}"));
+    }
+    row.try_get::<Option<String>, _>(i)
+        .unwrap()
+        .map_or_else(|| "NULL".to_owned(), |t| format!("t{t}"))
+}
+
+fn assert_same(a: &Dump, b: &Dump, what: &str) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: tables"
+    );
+    for (table, (columns, rows)) in a {
+        let (other_columns, other_rows) = &b[table];
+        assert_eq!(columns, other_columns, "{what}: columns of {table}");
+        assert_eq!(rows.len(), other_rows.len(), "{what}: rows of {table}");
+        assert!(rows == other_rows, "{what}: the rows of {table} differ");
+    }
+}
+
+async fn open(db: &TestDatabase) -> Store {
+    let store = Store::connect(&ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 4,
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Every balance equals the sum of its ledger, and the counts the checks
+/// below rely on are there.
+async fn assert_balances_match_ledgers(store: &Store) {
+    let mut conn = store.conn().await.unwrap();
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT b.namespace_id, b.environment, b.balance_micros, \
+         CAST(COALESCE((SELECT SUM(l.amount_micros) FROM ledger_entries l \
+           WHERE l.namespace_id = b.namespace_id AND l.environment = b.environment), 0) AS BIGINT) \
+         FROM balances b",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(rows.len() >= 4, "{rows:?}");
+    for (ns, env, balance, ledger) in rows {
+        assert_eq!(balance, ledger, "{ns} {env}");
+    }
+}
+
+async fn count(store: &Store, table: &str) -> i64 {
+    let mut conn = store.conn().await.unwrap();
+    sqlx::query_scalar(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}"))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn create_key(app: &TestApp, user: &User, env: &str) -> CreatedKey {
+    json(
+        app.post(
+            &format!("/api/v1/namespaces/{}/keys", user.namespace_id),
+            Some(&user.token),
+            json!({"name": format!("{env} key"), "environment": env, "labels": ["backup"]}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+async fn chat(app: &TestApp, secret: &str, model: &str) -> StatusCode {
+    app.client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Keys (one rotated, one revoked), members, grants, a bonus, an API with an
+/// upstream credential, and calls that succeed and fail: usage, rollups,
+/// ledger entries and events.
+async fn realistic_data(app: &TestApp) -> (String, User) {
+    let operator = app.signup_operator("op").await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    app.add_member(&alice, &bob, "developer").await;
+    add_api(
+        app,
+        &operator,
+        json!({"slug": "paid", "name": "Paid", "models": ["paid-1"],
+               "upstreams": [{"url": "http://127.0.0.1:9", "api_key": "sk-upstream-secret"}],
+               "pricing": {"per_request_micros": 100}}),
+    )
+    .await;
+    grant(app, &operator, &alice, "live", 5_000_000).await;
+    let res = app
+        .post(
+            &format!("/api/v1/admin/namespaces/{}/bonuses", bob.namespace_id),
+            Some(&operator.token),
+            json!({"environment": "test", "amount_micros": 700_000, "reason": "referral"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let test = create_key(app, &alice, "test").await;
+    let live = create_key(app, &alice, "live").await;
+    let revoked = create_key(app, &bob, "test").await;
+    let res = app
+        .post(
+            &format!(
+                "/api/v1/namespaces/{}/keys/{}/rotate",
+                alice.namespace_id, test.key.id
+            ),
+            Some(&alice.token),
+            json!({"grace_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app
+        .post(
+            &format!(
+                "/api/v1/namespaces/{}/keys/{}/revoke",
+                bob.namespace_id, revoked.key.id
+            ),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    for _ in 0..10 {
+        assert_eq!(
+            chat(app, &test.secret, "tally-sandbox").await,
+            StatusCode::OK
+        );
+    }
+    // Refused (unknown model) and failed upstream calls are recorded too.
+    assert_ne!(
+        chat(app, &test.secret, "no-such-model").await,
+        StatusCode::OK
+    );
+    assert_ne!(chat(app, &live.secret, "paid-1").await, StatusCode::OK);
+    (test.secret, alice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_moves_every_row_between_sqlite_and_postgresql_and_a_damaged_one_changes_nothing()
+{
+    if !postgres_enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(TestDatabase::new(Backend::Sqlite).await, |_| {}).await;
+    let (secret, alice) = realistic_data(&app).await;
+
+    // Taken while calls keep coming: every call is answered, and the
+    // archive is one moment's state, where balances equal their ledgers.
+    let under_load = dir.path().join("under-load.tar");
+    let load = {
+        let (client, url, secret) = (
+            app.client.clone(),
+            app.url("/v1/chat/completions"),
+            secret.clone(),
+        );
+        tokio::spawn(async move {
+            let calls = (0..40).map(|_| {
+                client
+                    .post(&url)
+                    .bearer_auth(&secret)
+                    .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}))
+                    .send()
+            });
+            join_all(calls)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().status())
+                .collect::<Vec<_>>()
+        })
+    };
+    let manifest = backup::create(&app.store, &under_load, CreateOptions::default())
+        .await
+        .unwrap();
+    assert!(load.await.unwrap().iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(manifest.source_backend, "sqlite");
+    assert!(!manifest.secrets_included);
+    let pg = TestDatabase::new(Backend::Postgres).await;
+    let pg_store = open(&pg).await;
+    let restored = backup::restore(&pg_store, &under_load).await.unwrap();
+    assert_eq!(restored.rows.len(), manifest.tables.len());
+    assert_balances_match_ledgers(&pg_store).await;
+    // Without secrets: no JWT secret, and the upstream credential is gone
+    // while the rest of the API's configuration stays.
+    let mut conn = pg_store.conn().await.unwrap();
+    let jwt: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM server_settings WHERE key = 'jwt_secret'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(jwt, 0);
+    let config: String = sqlx::query_scalar("SELECT config FROM catalog_apis WHERE slug = 'paid'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert!(!config.contains("sk-upstream-secret"), "{config}");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["upstreams"][0]["url"], "http://127.0.0.1:9");
+    assert_eq!(config["pricing"]["per_request_micros"], 100);
+
+    // SQLite to PostgreSQL, secrets included: every table row for row.
+    let quiet = dir.path().join("quiet.tar");
+    let m = backup::create(
+        &app.store,
+        &quiet,
+        CreateOptions {
+            include_secrets: true,
+        },
+    )
+    .await
+    .unwrap();
+    let source = dump(&app.store).await;
+    let calls = source["usage_events"].1.len();
+    assert!(calls >= 50, "the calls are there: {calls}");
+    assert_eq!(
+        m.tables.iter().map(|t| t.rows).sum::<i64>(),
+        source.values().map(|t| t.1.len() as i64).sum::<i64>()
+    );
+    let pg2 = TestDatabase::new(Backend::Postgres).await;
+    let pg2_store = open(&pg2).await;
+    backup::restore(&pg2_store, &quiet).await.unwrap();
+    let on_pg = dump(&pg2_store).await;
+    assert_same(&source, &on_pg, "SQLite to PostgreSQL");
+    assert_balances_match_ledgers(&pg2_store).await;
+
+    // And back, through the command line: PostgreSQL to a new SQLite file.
+    let tally = env!("CARGO_BIN_EXE_tally");
+    let out = Command::new(tally)
+        .args(["backup", "create", "--include-secrets", "--out"])
+        .arg(dir.path().join("from-pg"))
+        .args(["--database-url", &pg2.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = backup::list(&dir.path().join("from-pg")).unwrap();
+    assert_eq!(listed.len(), 1);
+    let from_pg = listed[0].path.clone();
+    let out = Command::new(tally)
+        .args(["backup", "list", "--dir"])
+        .arg(dir.path().join("from-pg"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("from postgres") && text.contains("secrets"),
+        "{text}"
+    );
+    let back = TestDatabase::new(Backend::Sqlite).await;
+    let out = Command::new(tally)
+        .args(["backup", "restore"])
+        .arg(&from_pg)
+        .args(["--database-url", &back.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let back_store = open(&back).await;
+    assert_same(&on_pg, &dump(&back_store).await, "PostgreSQL to SQLite");
+    // Refused, with nothing written: a target that holds data, a truncated
+    // archive, an altered one and one of a newer schema.
+    let err = backup::restore(&pg2_store, &quiet).await.unwrap_err();
+    assert!(matches!(err, BackupError::NotEmpty(_)), "{err}");
+    assert_same(&on_pg, &dump(&pg2_store).await, "a refused restore");
+
+    // A server on the restored database: the session signed with the
+    // restored JWT secret still works, the key still calls, and new rows
+    // (a sign-up's events and welcome credits) continue the serial ids.
+    let (restored_server, _) = start(test_settings(&pg2)).await;
+    let me = app
+        .client
+        .get(format!("{restored_server}/api/v1/me"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    let call = app
+        .client
+        .post(format!("{restored_server}/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::OK);
+    let signup = app
+        .client
+        .post(format!("{restored_server}/api/v1/auth/signup"))
+        .json(&json!({"email": "carol@example.com", "password": "a long enough password", "display_name": "Carol"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), StatusCode::CREATED);
+    assert_balances_match_ledgers(&pg2_store).await;
+
+    let bytes = std::fs::read(&quiet).unwrap();
+    let truncated = dir.path().join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut altered_bytes = bytes.clone();
+    let at = bytes.len() * 3 / 4;
+    altered_bytes[at] ^= 0x40;
+    let altered = dir.path().join("altered.tar");
+    std::fs::write(&altered, &altered_bytes).unwrap();
+    let newer = dir.path().join("newer.tar");
+    rewrite_manifest(&quiet, &newer, |m| {
+        m["schema_version"] = json!(backup::schema_version() + 1)
+    });
+    let miscounted = dir.path().join("miscounted.tar");
+    rewrite_manifest(&quiet, &miscounted, |m| {
+        let tables = m["tables"].as_array_mut().unwrap();
+        let t = tables
+            .iter_mut()
+            .find(|t| t["name"] == "usage_events")
+            .unwrap();
+        t["rows"] = json!(t["rows"].as_i64().unwrap() + 1);
+    });
+    for (path, expect) in [
+        (&truncated, "damaged"),
+        (&altered, "damaged"),
+        (&newer, "newer"),
+        (&miscounted, "damaged"),
+    ] {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let db = TestDatabase::new(backend).await;
+            let store = open(&db).await;
+            let err = backup::restore(&store, path).await.unwrap_err();
+            assert!(err.to_string().contains(expect), "{path:?}: {err}");
+            for table in [
+                "accounts",
+                "namespaces",
+                "ledger_entries",
+                "usage_events",
+                "api_keys",
+            ] {
+                assert_eq!(count(&store, table).await, 0, "{path:?} wrote {table}");
+            }
+        }
+    }
+}
+
+/// Copies an archive with its manifest changed by `change` (the table files
+/// as they are).
+fn rewrite_manifest(from: &Path, to: &Path, change: impl FnOnce(&mut Value)) {
+    let mut input = tar::Archive::new(std::fs::File::open(from).unwrap());
+    let mut output = tar::Builder::new(std::fs::File::create(to).unwrap());
+    let mut change = Some(change);
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if name == "manifest.json" {
+            let mut m: Value = serde_json::from_slice(&data).unwrap();
+            (change.take().unwrap())(&mut m);
+            data = serde_json::to_vec(&m).unwrap();
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        output
+            .append_data(&mut header, &name, data.as_slice())
+            .unwrap();
+    }
+    output.finish().unwrap();
+}
