@@ -28,6 +28,7 @@ fn App() -> impl IntoView {
                 <ParentRoute path=path!("") view=Layout>
                     <Route path=path!("") view=dashboard::Dashboard />
                     <Route path=path!("settings") view=settings::Settings />
+                    <Route path=path!("settings/backup") view=settings::Backup />
                     <Route path=path!("keys") view=keys::Keys />
                     <Route path=path!("playground") view=playground::Playground />
                     <Route path=path!("credits") view=credits::Credits />

@@ -8,6 +8,7 @@
 //! integer micro-credits (`i64`, suffix `_micros`).
 
 pub mod auth;
+pub mod backups;
 pub mod billing;
 pub mod catalog;
 pub mod credits;
@@ -21,6 +22,7 @@ pub mod status;
 pub mod usage;
 
 pub use auth::*;
+pub use backups::*;
 pub use billing::*;
 pub use catalog::*;
 pub use credits::*;

@@ -43,6 +43,41 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     /// Several instances on one PostgreSQL database (O5).
     pub cluster: ClusterSettings,
+    /// Backups (O1): where they go, and an optional schedule.
+    pub backup: BackupSettings,
+}
+
+/// Backups (`[backup]`, O1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BackupSettings {
+    /// Where backups are written and listed; default `<data_dir>/backups`.
+    /// With several instances, shared storage (or one instance's API) keeps
+    /// one list.
+    pub dir: Option<PathBuf>,
+    /// Take a backup this many hours after the last one (0: no schedule).
+    pub every_hours: u64,
+    /// Scheduled backups kept; older ones are deleted after each new one
+    /// (0 keeps every one).
+    pub keep: usize,
+    /// Whether scheduled backups include the JWT secret and upstream
+    /// credentials.
+    pub include_secrets: bool,
+    /// Owners and admins see a banner when the last backup is older than
+    /// this (or there is none and the server is older), in days; 0: never.
+    pub overdue_days: u32,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            dir: None,
+            every_hours: 0,
+            keep: 7,
+            include_secrets: false,
+            overdue_days: 30,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -63,6 +98,7 @@ impl Default for Settings {
             egress: crate::egress::EgressSettings::default(),
             redis_url: None,
             cluster: ClusterSettings::default(),
+            backup: BackupSettings::default(),
         }
     }
 }

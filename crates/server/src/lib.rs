@@ -192,10 +192,19 @@ impl Application {
         let check_every =
             std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
         services::billing::start_alert_checker(store.clone(), check_every, leadership.clone());
-        upkeep::start(store.clone(), gateway.clone(), check_every, leadership);
+        upkeep::start(store.clone(), gateway.clone(), check_every, leadership.clone());
         auth::bootstrap::prepare_setup(&store, &settings, &base_url(addr))
             .await
             .context("cannot prepare the setup token")?;
+        let settings = Arc::new(settings);
+        let backups = Arc::new(services::backups::Backups::default());
+        services::backups::start_schedule(
+            store.clone(),
+            settings.clone(),
+            backups.clone(),
+            leadership,
+            check_every,
+        );
         let state = web::Data::new(AppState {
             store,
             tokens,
@@ -205,7 +214,8 @@ impl Application {
             gateway,
             cluster,
             egress,
-            settings: Arc::new(settings),
+            settings,
+            backups,
             started_at: tally_store::clock::now(),
             started: Instant::now(),
         });

@@ -299,6 +299,7 @@ async fn backup(settings: Settings, command: BackupCommand) -> anyhow::Result<()
             let m = backup::create(&store, &path, backup::CreateOptions { include_secrets })
                 .await
                 .with_context(|| format!("backup to {} failed", path.display()))?;
+            backup::record_success(&store, m.created_at).await?;
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             println!(
                 "{}: {} tables, {} rows, {} bytes, schema {}, from {}{}",

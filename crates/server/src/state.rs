@@ -25,6 +25,8 @@ pub struct AppState {
     /// The egress policy and its clients (price feed, upstream validation).
     pub egress: Arc<crate::egress::Egress>,
     pub settings: Arc<Settings>,
+    /// Backups taken through the API and the schedule, one at a time.
+    pub backups: Arc<crate::services::backups::Backups>,
     pub started_at: DateTime<Utc>,
     pub started: Instant,
 }

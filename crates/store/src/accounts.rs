@@ -99,3 +99,13 @@ pub async fn by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<AccountR
         .await?;
     row.as_ref().map(from_row).transpose()
 }
+
+/// When the first account was created (Unix ms): how long this server has
+/// been in use.
+pub async fn first_created_at(conn: &mut AnyConnection) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT CAST(MIN(created_at) AS BIGINT) FROM accounts")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}

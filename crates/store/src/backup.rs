@@ -889,8 +889,50 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
-/// The file name of a backup taken at `at_ms`: `tally-backup-20261201-153000.tar`.
+/// The file name of a backup taken at `at_ms`:
+/// `tally-backup-20261201-153000-123.tar` (UTC, to the millisecond).
 pub fn file_name(at_ms: i64) -> String {
     let t = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
-    format!("tally-backup-{}.tar", t.format("%Y%m%d-%H%M%S"))
+    format!("tally-backup-{}.tar", t.format("%Y%m%d-%H%M%S-%3f"))
+}
+
+/// Whether `name` is a backup's file name as [`file_name`] makes them (and
+/// nothing that could leave the backup directory).
+pub fn is_file_name(name: &str) -> bool {
+    let Some(stamp) = name
+        .strip_prefix("tally-backup-")
+        .and_then(|n| n.strip_suffix(".tar"))
+    else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    b.len() == 19
+        && b[8] == b'-'
+        && b[15] == b'-'
+        && b
+            .iter()
+            .enumerate()
+            .all(|(i, c)| i == 8 || i == 15 || c.is_ascii_digit())
+}
+
+/// Where the server keeps the time of the last successful backup (Unix ms),
+/// in `server_settings`, so every instance and the command line agree.
+pub const LAST_BACKUP_KEY: &str = "last_backup_at";
+
+/// Records a successful backup taken at `at_ms`, unless a later one is
+/// already recorded.
+pub async fn record_success(store: &Store, at_ms: i64) -> Result<()> {
+    let mut conn = store.conn().await?;
+    let last = last_success(&mut conn).await?;
+    if last.is_none_or(|t| t < at_ms) {
+        crate::settings::set(&mut conn, LAST_BACKUP_KEY, &at_ms.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// The time of the last successful backup (Unix ms).
+pub async fn last_success(conn: &mut AnyConnection) -> Result<Option<i64>> {
+    Ok(crate::settings::get(conn, LAST_BACKUP_KEY)
+        .await?
+        .and_then(|v| v.parse().ok()))
 }

@@ -38,3 +38,13 @@ pub async fn set(conn: &mut AnyConnection, key: &str, value: &str) -> Result<()>
     .await?;
     Ok(())
 }
+
+/// The stored value of `key`, if any.
+pub async fn get(conn: &mut AnyConnection, key: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM server_settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}

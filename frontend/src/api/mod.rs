@@ -390,6 +390,26 @@ pub async fn update_catalog_api(
     authed(Method::Patch, &path, to_value(change)).await
 }
 
+// --- Backups (operators) ----------------------------------------------------------
+
+pub async fn backups() -> ApiResult<BackupList> {
+    authed(Method::Get, "/api/v1/admin/backups", None).await
+}
+
+pub async fn create_backup(include_secrets: bool) -> ApiResult<BackupInfo> {
+    let body = to_value(&CreateBackup { include_secrets });
+    authed(Method::Post, "/api/v1/admin/backups", body).await
+}
+
+pub async fn delete_backup(name: &str) -> ApiResult<()> {
+    authed(Method::Delete, &backup_path(name), None).await
+}
+
+/// The path of a backup's file, for [`download`].
+pub fn backup_path(name: &str) -> String {
+    format!("/api/v1/admin/backups/{}", query_value(name))
+}
+
 // --- Credits ------------------------------------------------------------------
 
 pub async fn balances(ns: &str) -> ApiResult<Balances> {

@@ -1,8 +1,9 @@
-//! Namespace settings: name, members and roles, invitations.
+//! Namespace settings: name, members and roles, invitations; and, for the
+//! server's operators, Settings › Backup (O1).
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use tally_common::{AddMemberResponse, Role};
+use tally_common::{AddMemberResponse, BackupInfo, BackupList, Role};
 
 use crate::api;
 use crate::components::{short_time, ErrorNotice, Loaded};
@@ -21,6 +22,13 @@ pub fn Settings() -> impl IntoView {
         <div class="page-head"><h1>"Settings"</h1></div>
         <NamespaceName />
         <Members />
+        <section class="panel">
+            <h2>"Backup"</h2>
+            <p class="muted">
+                "Backups of the whole server: take one, download it, set a schedule. "
+                <a href="/settings/backup" data-testid="backup-link">"Settings › Backup"</a>
+            </p>
+        </section>
     }
 }
 
@@ -243,5 +251,169 @@ fn Members() -> impl IntoView {
                 </form>
             </Show>
         </section>
+    }
+}
+
+/// Bytes as people read them: `812 B`, `4.2 KB`, `3.4 MB`.
+fn size(bytes: i64) -> String {
+    let b = bytes.max(0) as f64;
+    if b < 1000.0 {
+        format!("{bytes} B")
+    } else if b < 1_000_000.0 {
+        format!("{:.1} KB", b / 1000.0)
+    } else if b < 1_000_000_000.0 {
+        format!("{:.1} MB", b / 1_000_000.0)
+    } else {
+        format!("{:.2} GB", b / 1_000_000_000.0)
+    }
+}
+
+/// Settings › Backup (O1, D5): the server's backups for its operators.
+#[component]
+pub fn Backup() -> impl IntoView {
+    let app = use_app();
+    view! {
+        <div class="page-head"><h1>"Backup"</h1></div>
+        {move || if app.is_operator.get() {
+            view! { <Backups /> }.into_any()
+        } else {
+            view! {
+                <section class="panel" data-testid="backup-not-operator">
+                    <p>"Backups cover the whole server, so its operators take them. Ask an operator of this server to take one."</p>
+                </section>
+            }.into_any()
+        }}
+    }
+}
+
+#[component]
+fn Backups() -> impl IntoView {
+    let changed = RwSignal::new(0u32);
+    let list = LocalResource::new(move || {
+        changed.track();
+        api::backups()
+    });
+    let error = RwSignal::new(None::<api::ApiError>);
+    let notice = RwSignal::new(None::<String>);
+    let secrets = RwSignal::new(false);
+    let busy = RwSignal::new(false);
+    let take = move |_| {
+        busy.set(true);
+        notice.set(None);
+        let include = secrets.get_untracked();
+        spawn_local(async move {
+            match api::create_backup(include).await {
+                Ok(b) => {
+                    error.set(None);
+                    notice.set(Some(format!(
+                        "Backup {} taken: {} tables, {} rows, {}.",
+                        b.name,
+                        b.tables,
+                        crate::components::charts::count_label(b.rows as f64),
+                        size(b.size_bytes)
+                    )));
+                    changed.update(|n| *n += 1);
+                }
+                Err(e) => error.set(Some(e)),
+            }
+            busy.set(false);
+        });
+    };
+    let remove = move |name: String| {
+        spawn_local(async move {
+            match api::delete_backup(&name).await {
+                Ok(()) => {
+                    error.set(None);
+                    notice.set(Some(format!("Backup {name} deleted.")));
+                    changed.update(|n| *n += 1);
+                }
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    let download = move |name: String| {
+        spawn_local(async move {
+            if let Err(e) = api::download(&api::backup_path(&name), &name).await {
+                error.set(Some(e));
+            }
+        });
+    };
+    view! {
+        {move || error.get().map(|e| view! { <ErrorNotice error=e /> })}
+        {move || notice.get().map(|t| view! { <div class="alert ok" data-testid="backup-notice">{t}</div> })}
+        <section class="panel">
+            <h2>"Take a backup"</h2>
+            <p class="muted">
+                "One file with every table, read from one moment while the server keeps serving. \
+                 It restores into an empty SQLite or PostgreSQL database: "
+                <code>"tally backup restore FILE --database-url …"</code>
+            </p>
+            <label class="inline-row">
+                <input type="checkbox" data-testid="backup-secrets"
+                    prop:checked=move || secrets.get()
+                    on:change=move |ev| secrets.set(event_target_checked(&ev)) />
+                " Include the JWT signing secret and upstream credentials"
+            </label>
+            <p class="muted" data-testid="backup-secrets-note">
+                {move || if secrets.get() {
+                    "The file will hold secrets: keep it as safe as the server itself."
+                } else {
+                    "Without them a restored server signs everyone out, and APIs with upstream credentials need them entered again. Passwords and API keys are always in the file as hashes only."
+                }}
+            </p>
+            <button data-testid="backup-create" on:click=take disabled=move || busy.get()>
+                {move || if busy.get() { "Taking a backup…" } else { "Take a backup now" }}
+            </button>
+        </section>
+        <Loaded resource=list loading="Loading backups…" show=move |l: BackupList| {
+            let schedule = if l.schedule.every_hours > 0 {
+                format!(
+                    "Every {} hours, keeping the newest {}{}; next {}.",
+                    l.schedule.every_hours,
+                    l.schedule.keep,
+                    if l.schedule.include_secrets { ", with secrets" } else { "" },
+                    l.schedule.next_at.as_deref().map(short_time).unwrap_or_else(|| "now".into())
+                )
+            } else {
+                "No schedule: set every_hours (and keep) under [backup] in the configuration.".to_owned()
+            };
+            let last = l.last_backup_at.as_deref().map(short_time).unwrap_or_else(|| "never".into());
+            let rows = l.items.into_iter().map(|b: BackupInfo| {
+                let (d, r) = (b.name.clone(), b.name.clone());
+                view! {
+                    <tr data-testid="backup-row">
+                        <td><code class="wrap">{b.name.clone()}</code></td>
+                        <td>{short_time(&b.created_at)}</td>
+                        <td class="num">{size(b.size_bytes)}</td>
+                        <td class="num">{crate::components::charts::count_label(b.rows as f64)}</td>
+                        <td>{b.source_backend.clone()}</td>
+                        <td>{if b.secrets_included { "yes" } else { "no" }}</td>
+                        <td class="row-actions">
+                            <button class="secondary" data-testid="backup-download" on:click=move |_| download(d.clone())>"Download"</button>
+                            <button class="secondary danger" data-testid="backup-delete" on:click=move |_| remove(r.clone())>"Delete"</button>
+                        </td>
+                    </tr>
+                }
+            }).collect_view();
+            view! {
+                <section class="panel">
+                    <h2>"Backups"</h2>
+                    <p>"Last successful backup: " <strong data-testid="backup-last">{last}</strong></p>
+                    <p class="muted" data-testid="backup-schedule">{schedule}</p>
+                    <div class="table-wrap">
+                        <table>
+                            <thead><tr>
+                                <th>"File"</th><th>"Taken"</th><th class="num">"Size"</th><th class="num">"Rows"</th>
+                                <th>"From"</th><th>"Secrets"</th><th></th>
+                            </tr></thead>
+                            <tbody>{rows}</tbody>
+                        </table>
+                    </div>
+                    {(!l.unreadable.is_empty()).then(|| view! {
+                        <p class="muted">{format!("Not readable as backups: {}", l.unreadable.join(", "))}</p>
+                    })}
+                </section>
+            }.into_any()
+        } />
     }
 }

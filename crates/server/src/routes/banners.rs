@@ -3,12 +3,13 @@
 //! Policy: computed on every read from the live state, never stored, so a
 //! banner goes away as soon as its cause does: serving paused (the namespace
 //! sells an API and its live balance is below the critical level, C8), low
-//! balance (below the namespace's alert threshold, C5). Backup overdue joins
-//! them with backups (O1).
+//! balance (below the namespace's alert threshold, C5), backup overdue (for
+//! owners and admins: no successful backup for `backup.overdue_days`, or
+//! none at all on a server in use that long, O1).
 
 use actix_web::{get, web};
 use serde::Deserialize;
-use tally_common::{Banner, BannerList, Environment, ErrorBody, Severity};
+use tally_common::{Banner, BannerList, Environment, ErrorBody, Role, Severity};
 use utoipa::IntoParams;
 
 use crate::auth::{CurrentMember, Permission};
@@ -59,6 +60,11 @@ pub async fn list(
         });
     }
     let mut conn = state.store.conn().await?;
+    if matches!(member.role(), Role::Owner | Role::Admin) {
+        if let Some(banner) = backup_overdue(&state, &mut conn).await? {
+            items.push(banner);
+        }
+    }
     let alerts = tally_store::alerts::list(&mut conn, ns).await?;
     drop(conn);
     if let Some(a) = alerts.iter().find(|a| a.environment == env) {
@@ -77,4 +83,38 @@ pub async fn list(
         }
     }
     Ok(web::Json(BannerList { items }))
+}
+
+/// The backup-overdue banner, when the last successful backup (or, with
+/// none, the first account) is older than `backup.overdue_days`.
+async fn backup_overdue(
+    state: &AppState,
+    conn: &mut tally_store::sqlx::AnyConnection,
+) -> ApiResult<Option<Banner>> {
+    let days = state.settings.backup.overdue_days;
+    if days == 0 {
+        return Ok(None);
+    }
+    let limit = i64::from(days) * 86_400_000;
+    let now = tally_store::now_ms();
+    let message = match tally_store::backup::last_success(conn).await? {
+        Some(last) if now - last <= limit => return Ok(None),
+        Some(last) => format!(
+            "Backup overdue: the last backup is {} days old. Take one under Settings › Backup.",
+            (now - last) / 86_400_000
+        ),
+        None => match tally_store::accounts::first_created_at(conn).await? {
+            Some(first) if now - first > limit => format!(
+                "Backup overdue: this server has been in use for {} days without a backup. Take one under Settings › Backup.",
+                (now - first) / 86_400_000
+            ),
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(Banner {
+        kind: "backup_overdue".into(),
+        severity: Severity::Warning,
+        message,
+        link: "/settings/backup".into(),
+    }))
 }

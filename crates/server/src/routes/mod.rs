@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod auto_topups;
+pub mod backups;
 pub mod banners;
 pub mod bonuses;
 pub mod catalog;
@@ -100,6 +101,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(catalog::create)
                 .service(catalog::admin_get)
                 .service(catalog::update)
-                .service(catalog::remove),
+                .service(catalog::remove)
+                .service(backups::list)
+                .service(backups::create)
+                .service(backups::download)
+                .service(backups::remove),
         );
 }

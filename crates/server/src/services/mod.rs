@@ -10,6 +10,7 @@
 //! the in-memory account moves.
 
 pub mod accounts;
+pub mod backups;
 pub mod billing;
 pub mod credits;
 pub mod pricing;

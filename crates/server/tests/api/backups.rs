@@ -11,15 +11,23 @@ use std::process::Command;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_common::CreatedKey;
+use tally_common::{BackupInfo, BackupList, BannerList, CreatedKey, ErrorCode};
 use tally_store::backup::{self, BackupError, CreateOptions};
 use tally_store::sqlx::{self, any::AnyRow, Row};
 use tally_store::{ConnectOptions, Store};
 
+use crate::billing::events_of_kind;
 use crate::helpers::{
-    add_api, grant, json, postgres_enabled, spawn_with, start, test_settings, Backend, TestApp,
+    add_api, assert_error, backend_tests, grant, in_own_process, json, postgres_enabled,
+    spawn_app, spawn_app_with, spawn_with, start, test_settings, upkeep_rounds, Backend, TestApp,
     TestDatabase, User,
 };
+
+backend_tests!(
+    operators_take_list_download_and_delete_backups_and_no_one_else_can,
+    a_schedule_backs_up_when_due_and_keeps_the_newest,
+    owners_and_admins_see_the_overdue_banner_until_a_backup_is_taken,
+);
 
 /// Every table of a database, its columns by name and its rows sorted, each
 /// value as `i<integer>`, `t<text>` or `NULL`: read without the backup
@@ -455,4 +463,201 @@ fn rewrite_manifest(from: &Path, to: &Path, change: impl FnOnce(&mut Value)) {
             .unwrap();
     }
     output.finish().unwrap();
+}
+
+async fn backups(app: &TestApp, operator: &User) -> BackupList {
+    json(
+        app.get("/api/v1/admin/backups", Some(&operator.token)).await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn operators_take_list_download_and_delete_backups_and_no_one_else_can(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let operator = app.signup_operator("op").await;
+    let user = app.signup("user").await;
+    for res in [
+        app.get("/api/v1/admin/backups", Some(&user.token)).await,
+        app.post("/api/v1/admin/backups", Some(&user.token), json!({})).await,
+    ] {
+        assert_error(res, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
+    }
+    let res = app.get("/api/v1/admin/backups", None).await;
+    assert_error(res, StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized).await;
+    let empty = backups(&app, &operator).await;
+    assert!(empty.items.is_empty() && empty.last_backup_at.is_none());
+    assert_eq!(empty.schedule.every_hours, 0);
+    assert!(empty.schedule.next_at.is_none());
+
+    let taken: BackupInfo = json(
+        app.post("/api/v1/admin/backups", Some(&operator.token), json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert!(backup::is_file_name(&taken.name), "{}", taken.name);
+    assert!(taken.rows > 0 && taken.tables > 20, "{taken:?}");
+    assert!(!taken.secrets_included);
+    assert_eq!(taken.schema_version, backup::schema_version());
+    let list = backups(&app, &operator).await;
+    assert_eq!(list.items, vec![taken.clone()]);
+    assert_eq!(list.last_backup_at.as_deref(), Some(taken.created_at.as_str()));
+    assert_eq!(events_of_kind(&app, &operator, "backup.created").await.len(), 1);
+
+    // The download is the archive itself: it verifies whole.
+    let res = app
+        .get(&format!("/api/v1/admin/backups/{}", taken.name), Some(&operator.token))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/x-tar");
+    assert!(res.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains(&taken.name));
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(bytes.len() as i64, taken.size_bytes);
+    let copy = app.db.dir.path().join("downloaded.tar");
+    std::fs::write(&copy, &bytes).unwrap();
+    let m = backup::verify(&copy).unwrap();
+    assert_eq!(m.rows(), taken.rows);
+    // Someone else's download, and names that are not backups' (a path out
+    // of the directory among them), are refused.
+    let res = app
+        .get(&format!("/api/v1/admin/backups/{}", taken.name), Some(&user.token))
+        .await;
+    assert_error(res, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
+    for name in ["..%2F..%2Ftally.db", "tally-backup-1.tar", "tally-backup-20991231-000000-000.tar"] {
+        let res = app
+            .get(&format!("/api/v1/admin/backups/{name}"), Some(&operator.token))
+            .await;
+        assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    }
+
+    let res = app
+        .delete(&format!("/api/v1/admin/backups/{}", taken.name), &operator.token)
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .delete(&format!("/api/v1/admin/backups/{}", taken.name), &operator.token)
+        .await;
+    assert_error(res, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    let after = backups(&app, &operator).await;
+    assert!(after.items.is_empty());
+    // The last success stays on record: the file went, the backup happened.
+    assert_eq!(after.last_backup_at, list.last_backup_at);
+}
+
+async fn a_schedule_backs_up_when_due_and_keeps_the_newest(backend: Backend) {
+    // It moves the clock across the schedule's periods.
+    in_own_process!(backend, "a_schedule_backs_up_when_due_and_keeps_the_newest");
+    let (app, _) = spawn_app_with(backend, |s| {
+        s.backup.every_hours = 24;
+        s.backup.keep = 2;
+        s.billing.alert_check_interval_ms = 50;
+        s.auth.access_token_ttl_secs = 10 * 86_400;
+    })
+    .await;
+    let operator = app.signup_operator("op").await;
+    let count_is = |n: usize| {
+        let (app, operator) = (&app, &operator);
+        async move { backups(app, operator).await.items.len() == n }
+    };
+    // No backup yet: the first is due at once.
+    crate::helpers::eventually(30, "the first scheduled backup", || count_is(1)).await;
+    let first = backups(&app, &operator).await;
+    let next = first.schedule.next_at.clone().unwrap();
+    let last = first.last_backup_at.clone().unwrap();
+    let ms = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+    assert_eq!(ms(&next) - ms(&last), 24 * 3_600_000);
+    // Not before its time: two whole rounds of the schedule a minute early.
+    tally_store::clock::travel_to(ms(&next) - 60_000);
+    let rounds = upkeep_rounds(&app, "backup").await;
+    crate::helpers::eventually(30, "two rounds of the schedule", || async {
+        upkeep_rounds(&app, "backup").await >= rounds + 2.0
+    })
+    .await;
+    assert_eq!(backups(&app, &operator).await.items.len(), 1);
+    // Each period brings one more; the oldest beyond two are deleted.
+    tally_store::clock::travel_to(ms(&next) + 1_000);
+    crate::helpers::eventually(30, "the second scheduled backup", || count_is(2)).await;
+    let second = backups(&app, &operator).await;
+    tally_store::clock::travel_to(ms(&second.schedule.next_at.unwrap()) + 1_000);
+    crate::helpers::eventually(30, "the third backup, the first deleted", || async {
+        let l = backups(&app, &operator).await;
+        l.items.len() == 2 && l.items.iter().all(|b| b.name != first.items[0].name)
+    })
+    .await;
+    let third = backups(&app, &operator).await;
+    assert_eq!(third.items[1], second.items[0]);
+    assert!(third.items.iter().all(|b| b.source_backend == app.store.backend().as_str()));
+    assert_eq!(
+        events_of_kind(&app, &operator, "backup.created").await.len(),
+        3
+    );
+}
+
+async fn banners(app: &TestApp, user: &User) -> Vec<String> {
+    let list: BannerList = json(
+        app.get(
+            &format!("/api/v1/namespaces/{}/banners", user.namespace_id),
+            Some(&user.token),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    list.items.into_iter().map(|b| b.kind).collect()
+}
+
+async fn owners_and_admins_see_the_overdue_banner_until_a_backup_is_taken(backend: Backend) {
+    // It moves the clock past the overdue limit.
+    in_own_process!(
+        backend,
+        "owners_and_admins_see_the_overdue_banner_until_a_backup_is_taken"
+    );
+    let (app, _) = spawn_app_with(backend, |s| {
+        s.auth.access_token_ttl_secs = 100 * 86_400;
+    })
+    .await;
+    let operator = app.signup_operator("op").await;
+    let owner = app.signup("owner").await;
+    let admin = app.signup("admin").await;
+    let dev = app.signup("dev").await;
+    app.add_member(&owner, &admin, "admin").await;
+    app.add_member(&owner, &dev, "developer").await;
+    let as_member = |u: &User| User {
+        namespace_id: owner.namespace_id.clone(),
+        email: u.email.clone(),
+        password: u.password.clone(),
+        token: u.token.clone(),
+        refresh_token: u.refresh_token.clone(),
+        account_id: u.account_id.clone(),
+    };
+    let (admin, dev) = (as_member(&admin), as_member(&dev));
+    let day = 86_400_000;
+    let start = tally_store::now_ms();
+    // A new server needs no backup yet.
+    assert!(!banners(&app, &owner).await.contains(&"backup_overdue".to_owned()));
+    // In use for 31 days without one: owners and admins are told, others not.
+    tally_store::clock::travel_to(start + 31 * day);
+    for (u, shown) in [(&owner, true), (&admin, true), (&dev, false)] {
+        assert_eq!(
+            banners(&app, u).await.contains(&"backup_overdue".to_owned()),
+            shown,
+            "{}",
+            u.email
+        );
+    }
+    // A backup ends it; thirty days later it is still fresh, a day more and
+    // it is overdue again.
+    let res = app
+        .post("/api/v1/admin/backups", Some(&operator.token), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(!banners(&app, &owner).await.contains(&"backup_overdue".to_owned()));
+    tally_store::clock::travel_to(start + 60 * day);
+    assert!(!banners(&app, &admin).await.contains(&"backup_overdue".to_owned()));
+    tally_store::clock::travel_to(start + 62 * day);
+    assert!(banners(&app, &owner).await.contains(&"backup_overdue".to_owned()));
 }

@@ -10,7 +10,8 @@ use tally_common::{Bonus, BonusList, CreatedKey, Environment, ErrorCode};
 
 use crate::billing::{assert_ledger_consistent, balance, billing_app, events_of_kind, ledger, ns};
 use crate::helpers::{
-    assert_error, backend_tests, eventually, in_own_process, json, Backend, TestApp, User,
+    assert_error, backend_tests, eventually, in_own_process, json, upkeep_rounds, Backend, TestApp,
+    User,
 };
 
 backend_tests!(
@@ -45,25 +46,6 @@ async fn bonuses(app: &TestApp, user: &User, env: &str) -> BonusList {
 }
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// Rounds of the credits upkeep (bonus expiry among them) this process has
-/// run, from `/metrics`: the test runs alone in its process, so they are its
-/// server's.
-async fn upkeep_rounds(app: &TestApp) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("tally_upkeep_rounds_total{task=\"credits\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn in_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(tally_store::now_ms() + ms)
@@ -162,9 +144,9 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
     // Not before its time: an hour less a minute later, nothing has expired.
     let granted_at = tally_store::now_ms();
     tally_store::clock::travel_to(granted_at + HOUR_MS - 60_000);
-    let rounds = upkeep_rounds(&app).await;
+    let rounds = upkeep_rounds(&app, "credits").await;
     eventually(30, "two rounds of the expiry check", || async {
-        upkeep_rounds(&app).await >= rounds + 2.0
+        upkeep_rounds(&app, "credits").await >= rounds + 2.0
     })
     .await;
     assert!(ledger(&app, &user, "test")
@@ -200,9 +182,9 @@ async fn expiring_bonuses_are_spent_first_and_what_is_left_expires_through_the_l
     assert_eq!(exp.expired_micros, 1_000_000 - spent);
     assert_eq!(list.expiring_micros, 0);
     // Once: later rounds of the checker find nothing more to expire.
-    let rounds = upkeep_rounds(&app).await;
+    let rounds = upkeep_rounds(&app, "credits").await;
     eventually(30, "two more rounds of the expiry check", || async {
-        upkeep_rounds(&app).await >= rounds + 2.0
+        upkeep_rounds(&app, "credits").await >= rounds + 2.0
     })
     .await;
     assert_eq!(

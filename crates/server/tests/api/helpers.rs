@@ -111,6 +111,26 @@ pub async fn past_change_lookback(changed_at: i64) {
     }
 }
 
+/// Rounds a background task (`credits`, `alerts`, `backup`, `retention`) has
+/// begun in this process, from `/metrics`. Metrics are process-wide: only a
+/// test alone in its process (`in_own_process!`) reads its own server's.
+pub async fn upkeep_rounds(app: &TestApp, task: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("tally_upkeep_rounds_total{{task=\"{task}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `check` until it holds, failing with `what` after `secs` seconds:
 /// for what happens in the background (a poll, a sweep), where a fixed sleep
 /// would be too short on a loaded machine and wasted on an idle one.
