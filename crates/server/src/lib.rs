@@ -192,7 +192,12 @@ impl Application {
         let check_every =
             std::time::Duration::from_millis(settings.billing.alert_check_interval_ms);
         services::billing::start_alert_checker(store.clone(), check_every, leadership.clone());
-        upkeep::start(store.clone(), gateway.clone(), check_every, leadership.clone());
+        upkeep::start(
+            store.clone(),
+            gateway.clone(),
+            check_every,
+            leadership.clone(),
+        );
         auth::bootstrap::prepare_setup(&store, &settings, &base_url(addr))
             .await
             .context("cannot prepare the setup token")?;

@@ -909,8 +909,7 @@ pub fn is_file_name(name: &str) -> bool {
     b.len() == 19
         && b[8] == b'-'
         && b[15] == b'-'
-        && b
-            .iter()
+        && b.iter()
             .enumerate()
             .all(|(i, c)| i == 8 || i == 15 || c.is_ascii_digit())
 }
@@ -921,7 +920,7 @@ pub const LAST_BACKUP_KEY: &str = "last_backup_at";
 
 /// Records a successful backup taken at `at_ms`, unless a later one is
 /// already recorded.
-pub async fn record_success(store: &Store, at_ms: i64) -> Result<()> {
+pub async fn record_success(store: &Store, at_ms: i64) -> crate::Result<()> {
     let mut conn = store.conn().await?;
     let last = last_success(&mut conn).await?;
     if last.is_none_or(|t| t < at_ms) {
@@ -931,7 +930,7 @@ pub async fn record_success(store: &Store, at_ms: i64) -> Result<()> {
 }
 
 /// The time of the last successful backup (Unix ms).
-pub async fn last_success(conn: &mut AnyConnection) -> Result<Option<i64>> {
+pub async fn last_success(conn: &mut AnyConnection) -> crate::Result<Option<i64>> {
     Ok(crate::settings::get(conn, LAST_BACKUP_KEY)
         .await?
         .and_then(|v| v.parse().ok()))

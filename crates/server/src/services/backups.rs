@@ -187,7 +187,12 @@ pub fn start_schedule(
                 continue;
             }
             match backups
-                .take(&store, &dir, settings.backup.include_secrets, Some("schedule"))
+                .take(
+                    &store,
+                    &dir,
+                    settings.backup.include_secrets,
+                    Some("schedule"),
+                )
                 .await
             {
                 Ok(b) => {
