@@ -537,7 +537,12 @@ async fn operators_take_list_download_and_delete_backups_and_no_one_else_can(bac
     let m = backup::verify(&copy).unwrap();
     assert_eq!(m.rows(), taken.rows);
     // Someone else's download, and names that are not backups' (a path out
-    // of the directory among them), are refused.
+    // of the directory, another file in it) are refused.
+    std::fs::write(
+        app.db.dir.path().join("backups").join("notes.txt"),
+        "not a backup",
+    )
+    .unwrap();
     let res = app
         .get(
             &format!("/api/v1/admin/backups/{}", taken.name),
@@ -546,6 +551,8 @@ async fn operators_take_list_download_and_delete_backups_and_no_one_else_can(bac
         .await;
     assert_error(res, StatusCode::FORBIDDEN, ErrorCode::Forbidden).await;
     for name in [
+        "notes.txt",
+        "..%2Ftally.db",
         "..%2F..%2Ftally.db",
         "tally-backup-1.tar",
         "tally-backup-20991231-000000-000.tar",
