@@ -80,10 +80,14 @@ pub fn window(
     Ok((from, to))
 }
 
+/// A text filter: 1 to 512 bytes without control characters (the gateway
+/// records none, and PostgreSQL text cannot hold NUL).
 fn check_text(field: &str, v: &Option<String>) -> ApiResult<()> {
     if let Some(v) = v {
-        if v.is_empty() || v.len() > 512 {
-            return Err(ApiError::invalid(format!("{field} must be 1 to 512 bytes")));
+        if v.is_empty() || v.len() > 512 || v.chars().any(char::is_control) {
+            return Err(ApiError::invalid(format!(
+                "{field} must be 1 to 512 bytes without control characters"
+            )));
         }
     }
     Ok(())
@@ -438,8 +442,10 @@ pub async fn requests(
         return Err(ApiError::invalid("give before or after, not both"));
     }
     let search = params.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    if search.is_some_and(|s| s.len() > 200) {
-        return Err(ApiError::invalid("q must be at most 200 bytes"));
+    if search.is_some_and(|s| s.len() > 200 || s.chars().any(char::is_control)) {
+        return Err(ApiError::invalid(
+            "q must be at most 200 bytes without control characters",
+        ));
     }
     let before = cursor("before", &params.before)?;
     let after = cursor("after", &params.after)?;

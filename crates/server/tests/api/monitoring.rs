@@ -838,6 +838,12 @@ async fn bad_filters_are_400_json_errors(backend: Backend) {
         "/monitoring/requests?before=nonsense",
         "/monitoring/requests?limit=100000",
         "/monitoring/requests?before=1-a&after=1-b",
+        // Control characters (NUL among them: PostgreSQL text cannot hold it).
+        "/monitoring/series?range=1h&client_id=a%00b",
+        "/monitoring/series?range=1h&model=%C3%95%00%06",
+        "/monitoring/breakdown?by=api&key_id=k%0A",
+        "/monitoring/requests?q=x%00y",
+        "/monitoring/export?format=csv&api=%01",
         "/monitoring/export?format=xml",
         "/monitoring/export?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
         "/dashboard?environment=staging",
