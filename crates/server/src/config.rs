@@ -45,6 +45,12 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Backups (O1): where they go, and an optional schedule.
     pub backup: BackupSettings,
+    /// When set, `/metrics` answers only requests with
+    /// `Authorization: Bearer <metrics_token>` (O3).
+    pub metrics_token: Option<SecretString>,
+    /// On SIGTERM, how long calls and streams in flight may take to finish
+    /// before the server stops anyway (O3).
+    pub shutdown_timeout_secs: u64,
 }
 
 /// Backups (`[backup]`, O1).
@@ -99,6 +105,8 @@ impl Default for Settings {
             redis_url: None,
             cluster: ClusterSettings::default(),
             backup: BackupSettings::default(),
+            metrics_token: None,
+            shutdown_timeout_secs: 30,
         }
     }
 }

@@ -62,17 +62,10 @@ impl Application {
         telemetry::metrics_handle();
         // A policy or an outbound URL that cannot stand stops the start
         // before anything is written.
-        let egress = Arc::new(egress::Egress::new(&settings.egress).map_err(anyhow::Error::msg)?);
-        check_egress(&settings, egress.policy())?;
-        if !settings.operators.is_empty() {
-            anyhow::bail!(
-                "the `operators` setting no longer makes operators (anyone could sign up with \
-                 one of its emails first). Make each one an operator with \
-                 `tally admin grant-operator --email EMAIL` (or create the account with \
-                 `tally admin create-operator --email EMAIL`), then remove `operators` from the \
-                 configuration"
-            );
+        for warning in check_settings(&settings)? {
+            tracing::warn!("{warning}");
         }
+        let egress = Arc::new(egress::Egress::new(&settings.egress).map_err(anyhow::Error::msg)?);
         let throttle = Arc::new(
             throttle::AuthThrottle::new(
                 &settings.auth,
@@ -92,12 +85,8 @@ impl Application {
         store.migrate().await.context("database migration failed")?;
 
         let secret = match &settings.auth.jwt_secret {
-            Some(secret) if !secret.expose_secret().is_empty() => {
-                if secret.expose_secret().len() < 32 {
-                    tracing::warn!("auth.jwt_secret is shorter than 32 bytes; use a longer one");
-                }
-                secret.expose_secret().to_owned()
-            }
+            // (`check_settings` warned of a short one.)
+            Some(secret) if !secret.expose_secret().is_empty() => secret.expose_secret().to_owned(),
             _ => {
                 let mut conn = store.conn().await?;
                 tally_store::settings::get_or_insert(
@@ -226,7 +215,10 @@ impl Application {
         });
         let server = {
             let state = state.clone();
+            // SIGTERM: stop accepting, let calls and streams in flight
+            // finish for up to `shutdown_timeout_secs`, then stop.
             HttpServer::new(move || app(state.clone()))
+                .shutdown_timeout(state.settings.shutdown_timeout_secs)
                 .listen(listener)?
                 .run()
         };
@@ -272,6 +264,68 @@ fn base_url(addr: std::net::SocketAddr) -> String {
         ip => ip.to_string(),
     };
     format!("http://{host}:{}", addr.port())
+}
+
+/// Checks settings as `tally serve` would before touching the database
+/// (`tally check-config` prints the result): an error stops the start; the
+/// returned warnings are logged.
+pub fn check_settings(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let policy =
+        egress::Policy::new(&settings.egress).map_err(|e| anyhow::anyhow!("egress: {e}"))?;
+    check_egress(settings, &policy)?;
+    if !settings.operators.is_empty() {
+        anyhow::bail!(
+            "the `operators` setting no longer makes operators (anyone could sign up with \
+             one of its emails first). Make each one an operator with \
+             `tally admin grant-operator --email EMAIL` (or create the account with \
+             `tally admin create-operator --email EMAIL`), then remove `operators` from the \
+             configuration"
+        );
+    }
+    if let Some(url) = &settings.database_url {
+        let url = url.expose_secret().trim();
+        if !url.is_empty() && tally_store::Backend::from_url(url).is_none() {
+            anyhow::bail!("database_url must start with sqlite: or postgres:");
+        }
+    }
+    let mut slugs = std::collections::HashSet::new();
+    for api in &settings.catalog {
+        gateway::catalog::validate(api)
+            .map_err(|e| anyhow::anyhow!("catalog API '{}' in the config file: {e}", api.slug))?;
+        if !slugs.insert(api.slug.as_str()) {
+            anyhow::bail!(
+                "catalog API '{}' appears twice in the config file",
+                api.slug
+            );
+        }
+    }
+    gateway::shared_limits::RedisSettings::from_settings(settings)?;
+    if settings
+        .auth
+        .jwt_secret
+        .as_ref()
+        .is_some_and(|s| !s.expose_secret().is_empty() && s.expose_secret().len() < 32)
+    {
+        warnings.push("auth.jwt_secret is shorter than 32 bytes; use a longer one".to_owned());
+    }
+    let loopback = settings
+        .bind
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if settings.metrics_token.is_none() && !loopback {
+        warnings.push(format!(
+            "/metrics is open to anyone who reaches {}; set metrics_token or keep the port private",
+            settings.bind
+        ));
+    }
+    if settings.backup.every_hours == 0 {
+        warnings.push(
+            "no backup schedule (backup.every_hours = 0): take backups by hand or set one"
+                .to_owned(),
+        );
+    }
+    Ok(warnings)
 }
 
 /// The config file's outbound URLs (catalog upstreams, the price feed) must

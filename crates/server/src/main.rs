@@ -29,6 +29,10 @@ enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Check the configuration as `serve` would (file, TALLY_* variables and
+    /// these flags), print the settings in effect, and exit: 0 when it can
+    /// start, 1 with the reason when not. Touches no database.
+    CheckConfig(ServeArgs),
     /// Print the OpenAPI document as JSON.
     Openapi,
     /// Fill a namespace with realistic traffic through a running server's gateway (O4).
@@ -223,6 +227,43 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("stopped");
                 Ok(())
             })
+        }
+        Command::CheckConfig(args) => {
+            let overrides = Overrides {
+                bind: args.bind,
+                data_dir: args.db.data_dir,
+                database_url: args.db.database_url,
+                static_dir: args.static_dir,
+            };
+            let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+            let warnings = tally_server::check_settings(&settings)?;
+            println!(
+                "configuration OK ({}; TALLY_* variables and flags applied)",
+                cli.config
+                    .as_deref()
+                    .map_or("no config file".to_owned(), |f| format!(
+                        "file {}",
+                        f.display()
+                    ))
+            );
+            for w in &warnings {
+                println!("warning: {w}");
+            }
+            // Secret settings print as [REDACTED]; upstream credentials too.
+            let mut shown = settings;
+            for api in &mut shown.catalog {
+                for u in api
+                    .upstreams
+                    .iter_mut()
+                    .chain(api.test_upstreams.iter_mut())
+                {
+                    if u.api_key.is_some() {
+                        u.api_key = Some("[REDACTED]".into());
+                    }
+                }
+            }
+            println!("settings in effect (secrets redacted):\n{shown:#?}");
+            Ok(())
         }
         Command::Admin(args) => {
             let overrides = Overrides {

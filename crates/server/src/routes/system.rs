@@ -3,6 +3,9 @@
 use actix_web::{get, web, HttpResponse};
 use tally_common::{Currency, ErrorCode, HealthStatus, ServerStatus};
 
+use secrecy::ExposeSecret;
+
+use crate::auth::tokens::sha256_hex;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -58,9 +61,33 @@ pub async fn status(state: web::Data<AppState>) -> web::Json<ServerStatus> {
 }
 
 /// Prometheus metrics in the text exposition format. Not part of the REST API.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// With `metrics_token` set, only `Authorization: Bearer <token>` reads them
+/// (401 `unauthorized` otherwise).
+pub async fn metrics(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    if let Some(token) = &state.settings.metrics_token {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Compared as hashes: equal-length values, no early exit on the secret.
+        let (a, b) = (sha256_hex(given), sha256_hex(token.expose_secret()));
+        if a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            != 0
+        {
+            return Err(ApiError::unauthorized(
+                "the metrics need `Authorization: Bearer <metrics_token>`",
+            ));
+        }
+    }
     metrics::gauge!("tally_uptime_seconds").set(state.uptime_seconds() as f64);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::telemetry::metrics_handle().render())
+        .body(crate::telemetry::metrics_handle().render()))
 }

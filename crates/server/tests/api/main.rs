@@ -21,6 +21,7 @@ mod money;
 mod monitoring;
 mod namespaces;
 mod openapi;
+mod operations;
 mod operators;
 mod periods;
 mod redis_limits;
