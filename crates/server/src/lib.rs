@@ -215,10 +215,11 @@ impl Application {
         });
         let server = {
             let state = state.clone();
+            let drain_secs = state.settings.shutdown_timeout_secs;
             // SIGTERM: stop accepting, let calls and streams in flight
             // finish for up to `shutdown_timeout_secs`, then stop.
             HttpServer::new(move || app(state.clone()))
-                .shutdown_timeout(state.settings.shutdown_timeout_secs)
+                .shutdown_timeout(drain_secs)
                 .listen(listener)?
                 .run()
         };
