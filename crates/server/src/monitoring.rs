@@ -48,7 +48,9 @@ pub fn start_pruner(store: Store, settings: MonitoringSettings, leadership: Lead
                 continue;
             }
             metrics::counter!("tally_upkeep_rounds_total", "task" => "retention").increment(1);
-            match prune_once(&store, &settings).await {
+            let result = prune_once(&store, &settings).await;
+            crate::telemetry::task_round("retention", result.is_ok());
+            match result {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned old usage events and rollups"),
                 Err(e) => tracing::warn!(error = %e, "pruning usage events failed"),

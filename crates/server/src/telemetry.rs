@@ -62,6 +62,20 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Reports how a background task's round ended (O3): the time of its last
+/// success (`tally_upkeep_last_success_timestamp_seconds`, to alert on when
+/// it grows old) or one more failure (`tally_upkeep_failures_total`).
+pub fn task_round(task: &'static str, ok: bool) {
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!("tally_upkeep_last_success_timestamp_seconds", "task" => task).set(now);
+    } else {
+        metrics::counter!("tally_upkeep_failures_total", "task" => task).increment(1);
+    }
+}
+
 /// The process-wide Prometheus recorder; installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

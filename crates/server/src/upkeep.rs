@@ -116,7 +116,9 @@ pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration, leadership
                 continue;
             }
             metrics::counter!("tally_upkeep_rounds_total", "task" => "credits").increment(1);
-            if let Err(e) = run_once(&store, &gateway, &mut seen).await {
+            let result = run_once(&store, &gateway, &mut seen).await;
+            crate::telemetry::task_round("credits", result.is_ok());
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "credit upkeep failed");
             }
         }

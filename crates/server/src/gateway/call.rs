@@ -40,6 +40,26 @@ pub struct Call {
     pub reserved: i64,
     pub charge: Charge,
     pub settler: Arc<Settler>,
+    /// Counts the call in `tally_gateway_calls_in_flight` while it lives.
+    pub in_flight: InFlight,
+}
+
+/// A call in flight, holding credits, from its attribution to a key until
+/// its record is written (or it is dropped): `tally_gateway_calls_in_flight`.
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> Self {
+        metrics::gauge!("tally_gateway_calls_in_flight").increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("tally_gateway_calls_in_flight").decrement(1.0);
+    }
 }
 
 /// How a call ended, for its record.
@@ -102,6 +122,7 @@ impl Call {
             reserved,
             mut charge,
             settler,
+            in_flight: _in_flight,
         } = self;
         let cost = charge.price(&Usage {
             billable: o.billable,
@@ -135,6 +156,11 @@ impl Call {
         let (tokens_in, tokens_out) = (record.tokens_in, record.tokens_out);
         metrics::counter!("tally_gateway_calls_total", "status" => o.status.to_string())
             .increment(1);
+        metrics::histogram!(
+            "tally_gateway_call_duration_seconds",
+            "request_type" => if stream { "stream" } else { "sync" }
+        )
+        .record(latency_us as f64 / 1e6);
         // The key's limits are settled while the record commits: with Redis
         // that round trip costs the call no time, and both are done before
         // the call is answered.
@@ -148,7 +174,11 @@ impl Call {
             cost,
             o.tokens_in + o.tokens_out,
         );
+        let waiting = Instant::now();
         let ((), recorded) = tokio::join!(settle, settler.record(record, charge));
+        // How long the answer waited for its record's commit (the writer's lag).
+        metrics::histogram!("tally_gateway_commit_wait_seconds")
+            .record(waiting.elapsed().as_secs_f64());
         if !recorded {
             return None;
         }

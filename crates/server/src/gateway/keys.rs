@@ -243,7 +243,10 @@ impl KeyCache {
         }
         let hash: Hash = Sha256::digest(secret.as_bytes()).into();
         let client = match self.found.get(&hash).await {
-            Some(c) if c.loaded.elapsed() < self.ttl => return Ok(c.info),
+            Some(c) if c.loaded.elapsed() < self.ttl => {
+                metrics::counter!("tally_gateway_key_cache_hits_total").increment(1);
+                return Ok(c.info);
+            }
             // Stale: the secret was valid, so the client is not throttled.
             Some(_) => None,
             None => {

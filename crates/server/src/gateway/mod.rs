@@ -407,6 +407,7 @@ impl Gateway {
             reserved: 0,
             charge: Charge::none(api.config.owner_namespace_id.clone()),
             settler: self.settler.clone(),
+            in_flight: call::InFlight::start(),
         };
 
         if !api.config.enabled {

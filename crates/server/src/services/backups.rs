@@ -186,15 +186,16 @@ pub fn start_schedule(
             if now < retry_at || next_due(&settings.backup, last, now).is_none_or(|due| due > now) {
                 continue;
             }
-            match backups
+            let result = backups
                 .take(
                     &store,
                     &dir,
                     settings.backup.include_secrets,
                     Some("schedule"),
                 )
-                .await
-            {
+                .await;
+            crate::telemetry::task_round("backup", result.is_ok());
+            match result {
                 Ok(b) => {
                     tracing::info!(backup = %b.name, rows = b.rows, "scheduled backup taken");
                     match prune(&dir, settings.backup.keep) {

@@ -315,7 +315,9 @@ pub fn start_alert_checker(store: Store, interval: Duration, leadership: Leaders
                 continue;
             }
             metrics::counter!("tally_upkeep_rounds_total", "task" => "alerts").increment(1);
-            if let Err(e) = check_alerts(&store).await {
+            let result = check_alerts(&store).await;
+            crate::telemetry::task_round("alerts", result.is_ok());
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "low-balance check failed");
             }
         }

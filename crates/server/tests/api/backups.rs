@@ -597,9 +597,15 @@ async fn a_schedule_backs_up_when_due_and_keeps_the_newest(backend: Backend) {
     })
     .await;
     let operator = app.signup_operator("op").await;
+    // `n` backups, the newest recorded as the last success (the file is in
+    // place a moment before its success is recorded).
     let count_is = |n: usize| {
         let (app, operator) = (&app, &operator);
-        async move { backups(app, operator).await.items.len() == n }
+        async move {
+            let l = backups(app, operator).await;
+            l.items.len() == n
+                && l.last_backup_at.as_deref() == l.items.first().map(|b| b.created_at.as_str())
+        }
     };
     // No backup yet: the first is due at once.
     crate::helpers::eventually(30, "the first scheduled backup", || count_is(1)).await;
@@ -627,7 +633,9 @@ async fn a_schedule_backs_up_when_due_and_keeps_the_newest(backend: Backend) {
     tally_store::clock::travel_to(ms(&second.schedule.next_at.unwrap()) + 1_000);
     crate::helpers::eventually(30, "the third backup, the first deleted", || async {
         let l = backups(&app, &operator).await;
-        l.items.len() == 2 && l.items.iter().all(|b| b.name != first.items[0].name)
+        l.items.len() == 2
+            && l.items.iter().all(|b| b.name != first.items[0].name)
+            && l.last_backup_at.as_deref() == Some(l.items[0].created_at.as_str())
     })
     .await;
     let third = backups(&app, &operator).await;

@@ -240,6 +240,24 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
     )
     .await;
     let secret = key["secret"].as_str().unwrap().to_owned();
+    let test_key = admin(
+        format!("/api/v1/namespaces/{ns}/keys"),
+        json!({"name": "t", "environment": "test"}),
+    )
+    .await;
+    // Two sandbox calls: the second finds the key in the cache.
+    for _ in 0..2 {
+        let res = client
+            .post(node.url("/v1/chat/completions"))
+            .bearer_auth(test_key["secret"].as_str().unwrap())
+            .json(
+                &json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
 
     let res = client
         .post(node.url("/v1/chat/completions"))
@@ -253,6 +271,64 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
     let mut body = res.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("w0"));
+
+    // The metrics show the stream in flight, the finished calls' durations
+    // and commit waits, the cache hit and the background tasks' health.
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = client
+            .get(node.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(
+            &text,
+            "tally_upkeep_last_success_timestamp_seconds{task=\"credits\"}",
+        )
+        .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&text, "tally_gateway_calls_in_flight"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tally_gateway_call_duration_seconds_count{request_type=\"sync\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tally_gateway_commit_wait_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tally_gateway_key_cache_hits_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let credits = metric(
+        &text,
+        "tally_upkeep_last_success_timestamp_seconds{task=\"credits\"}",
+    );
+    assert!(credits.is_some_and(|t| (now - t).abs() < 60.0), "{text}");
 
     // SIGTERM while the stream runs: new connections are refused at once,
     // the stream goes on to its end.
