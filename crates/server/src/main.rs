@@ -221,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             };
             let settings = Settings::load(cli.config.as_deref(), &overrides)?;
             telemetry::init_tracing(settings.log_format);
+            shift_clock_for_tests()?;
             actix_web::rt::System::new().block_on(async move {
                 let app = Application::build(settings).await?;
                 app.run_until_stopped().await?;
@@ -400,6 +401,25 @@ async fn backup(settings: Settings, command: BackupCommand) -> anyhow::Result<()
             }
         }
     }
+    Ok(())
+}
+
+/// `TALLY_TEST_CLOCK_OFFSET_SECS`: runs the server as if that many seconds
+/// later (or earlier), for browser tests of what happens as time passes (a
+/// backup growing overdue). Never for a real server: it says so in its log.
+fn shift_clock_for_tests() -> anyhow::Result<()> {
+    let Ok(offset) = std::env::var("TALLY_TEST_CLOCK_OFFSET_SECS") else {
+        return Ok(());
+    };
+    let secs: i64 = offset
+        .trim()
+        .parse()
+        .context("TALLY_TEST_CLOCK_OFFSET_SECS must be a whole number of seconds")?;
+    tally_store::clock::travel_to(tally_store::now_ms() + secs.saturating_mul(1000));
+    tracing::warn!(
+        offset_secs = secs,
+        "TALLY_TEST_CLOCK_OFFSET_SECS moves this server's clock: for tests only"
+    );
     Ok(())
 }
 

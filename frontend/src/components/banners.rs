@@ -66,10 +66,13 @@ fn BannerView(b: Banner) -> impl IntoView {
     let testid = match b.kind.as_str() {
         "low_balance" => "low-balance-banner",
         "serving_paused" => "paused-banner",
+        "backup_overdue" => "backup-banner",
         _ => "banner",
     };
     let label = if b.link.starts_with("/finance") {
         "Go to Finance →"
+    } else if b.link.starts_with("/settings/backup") {
+        "Go to Settings › Backup →"
     } else {
         "Open →"
     };

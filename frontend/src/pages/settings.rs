@@ -348,11 +348,11 @@ fn Backups() -> impl IntoView {
                  It restores into an empty SQLite or PostgreSQL database: "
                 <code>"tally backup restore FILE --database-url …"</code>
             </p>
-            <label class="inline-row">
+            <label class="check">
                 <input type="checkbox" data-testid="backup-secrets"
                     prop:checked=move || secrets.get()
                     on:change=move |ev| secrets.set(event_target_checked(&ev)) />
-                " Include the JWT signing secret and upstream credentials"
+                <span>"Include the JWT signing secret and upstream credentials"</span>
             </label>
             <p class="muted" data-testid="backup-secrets-note">
                 {move || if secrets.get() {
@@ -382,8 +382,8 @@ fn Backups() -> impl IntoView {
                 let (d, r) = (b.name.clone(), b.name.clone());
                 view! {
                     <tr data-testid="backup-row">
-                        <td><code class="wrap">{b.name.clone()}</code></td>
-                        <td>{short_time(&b.created_at)}</td>
+                        <td class="nowrap"><code>{b.name.clone()}</code></td>
+                        <td class="nowrap">{short_time(&b.created_at)}</td>
                         <td class="num">{size(b.size_bytes)}</td>
                         <td class="num">{crate::components::charts::count_label(b.rows as f64)}</td>
                         <td>{b.source_backend.clone()}</td>
