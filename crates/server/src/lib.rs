@@ -320,12 +320,6 @@ pub fn check_settings(settings: &Settings) -> anyhow::Result<Vec<String>> {
             settings.bind
         ));
     }
-    if settings.backup.every_hours == 0 {
-        warnings.push(
-            "no backup schedule (backup.every_hours = 0): take backups by hand or set one"
-                .to_owned(),
-        );
-    }
     Ok(warnings)
 }
 

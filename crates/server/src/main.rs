@@ -250,6 +250,11 @@ fn main() -> anyhow::Result<()> {
             for w in &warnings {
                 println!("warning: {w}");
             }
+            if settings.backup.every_hours == 0 {
+                println!(
+                    "note: no backup schedule (backup.every_hours = 0): take backups by hand or set one"
+                );
+            }
             // Secret settings print as [REDACTED]; upstream credentials too.
             let mut shown = settings;
             for api in &mut shown.catalog {
