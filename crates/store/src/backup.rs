@@ -322,6 +322,10 @@ pub async fn create(store: &Store, path: &Path, opts: CreateOptions) -> Result<M
     let work = tempdir_beside(path)?;
     let result = write_archive(store, path, &work, opts).await;
     let _ = std::fs::remove_dir_all(&work);
+    if result.is_err() {
+        // A failed backup leaves nothing behind that could pass for one.
+        let _ = std::fs::remove_file(path.with_extension("partial"));
+    }
     result
 }
 

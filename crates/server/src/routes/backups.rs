@@ -36,6 +36,7 @@ fn file(state: &AppState, name: &str) -> ApiResult<std::path::PathBuf> {
         (status = 200, body = BackupList),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
+        (status = 500, description = "The backup directory cannot be read", body = ErrorBody),
     )
 )]
 #[get("/admin/backups")]

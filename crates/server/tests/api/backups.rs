@@ -27,6 +27,7 @@ backend_tests!(
     operators_take_list_download_and_delete_backups_and_no_one_else_can,
     a_schedule_backs_up_when_due_and_keeps_the_newest,
     owners_and_admins_see_the_overdue_banner_until_a_backup_is_taken,
+    a_backup_that_cannot_be_written_is_a_500_and_an_event_and_records_nothing,
 );
 
 /// Every table of a database, its columns by name and its rows sorted, each
@@ -725,4 +726,32 @@ async fn owners_and_admins_see_the_overdue_banner_until_a_backup_is_taken(backen
     assert!(banners(&app, &owner)
         .await
         .contains(&"backup_overdue".to_owned()));
+}
+
+async fn a_backup_that_cannot_be_written_is_a_500_and_an_event_and_records_nothing(
+    backend: Backend,
+) {
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let dir = blocker.path().join("backups");
+    let (app, _) = spawn_app_with(backend, |s| s.backup.dir = Some(dir.clone())).await;
+    let operator = app.signup_operator("op").await;
+    let res = app
+        .post("/api/v1/admin/backups", Some(&operator.token), json!({}))
+        .await;
+    assert_error(res, StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal).await;
+    let failed = events_of_kind(&app, &operator, "backup.failed").await;
+    assert_eq!(failed.len(), 1);
+    assert!(
+        !failed[0].message.contains(&*dir.to_string_lossy()),
+        "no path in the event"
+    );
+    // Nothing was recorded as a success (the list itself cannot read the
+    // directory either: a 500 JSON error too).
+    let mut conn = app.store.conn().await.unwrap();
+    assert_eq!(backup::last_success(&mut conn).await.unwrap(), None);
+    drop(conn);
+    let res = app
+        .get("/api/v1/admin/backups", Some(&operator.token))
+        .await;
+    assert_error(res, StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal).await;
 }
