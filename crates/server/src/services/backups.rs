@@ -35,6 +35,7 @@ pub struct Backups {
     running: tokio::sync::Mutex<()>,
 }
 
+/// A backup file as the API shows it: its name, size and manifest.
 pub fn info(name: String, size: u64, m: &Manifest) -> BackupInfo {
     BackupInfo {
         name,
