@@ -869,7 +869,8 @@ pub struct Listed {
 }
 
 /// The `*.tar` backups in `dir`, newest first (by file name, which starts
-/// with the time of the backup).
+/// with the time of the backup). A file deleted while it is listed (the
+/// schedule prunes old backups) is left out, not an error.
 pub fn list(dir: &Path) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -883,9 +884,19 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>> {
         if path.extension().and_then(|e| e.to_str()) != Some("tar") {
             continue;
         }
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let size = match entry.metadata() {
+            Ok(m) => m.len(),
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let manifest = read_manifest(&path);
+        if matches!(&manifest, Err(BackupError::Io(e)) if gone(e)) {
+            continue;
+        }
         out.push(Listed {
-            size: entry.metadata()?.len(),
-            manifest: read_manifest(&path),
+            size,
+            manifest,
             path,
         });
     }
