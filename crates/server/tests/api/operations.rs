@@ -108,7 +108,7 @@ async fn metrics_can_be_closed_behind_a_token(backend: Backend) {
     assert!(res.text().await.unwrap().contains("tally_uptime_seconds"));
 }
 
-/// An upstream that streams twenty words, one every 100 ms, then its usage.
+/// An upstream that streams sixty words, one every 100 ms, then its usage.
 async fn slow_stream_upstream() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -117,16 +117,16 @@ async fn slow_stream_upstream() -> String {
             "/v1/chat/completions",
             web::post().to(|| async {
                 let words = futures_util::stream::unfold(0, |i| async move {
-                    if i > 21 {
+                    if i > 61 {
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     let event = match i {
-                        0..=19 => format!(
+                        0..=59 => format!(
                             "data: {}\n\n",
                             json!({"choices": [{"index": 0, "delta": {"content": format!("w{i} ")}}]})
                         ),
-                        20 => format!(
+                        60 => format!(
                             "data: {}\n\n",
                             json!({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 20}})
                         ),
@@ -259,6 +259,28 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
         assert_eq!(res.status(), StatusCode::OK);
     }
 
+    // The credits upkeep has had a successful round (it runs every second).
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    crate::helpers::eventually(30, "a successful round of the credits upkeep", || async {
+        let text = client
+            .get(node.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(
+            &text,
+            "tally_upkeep_last_success_timestamp_seconds{task=\"credits\"}",
+        )
+        .is_some()
+    })
+    .await;
+
     let res = client
         .post(node.url("/v1/chat/completions"))
         .bearer_auth(&secret)
@@ -274,30 +296,14 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
 
     // The metrics show the stream in flight, the finished calls' durations
     // and commit waits, the cache hit and the background tasks' health.
-    let metric = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    };
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = client
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(
-            &text,
-            "tally_upkeep_last_success_timestamp_seconds{task=\"credits\"}",
-        )
-        .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(
         metric(&text, "tally_gateway_calls_in_flight"),
         Some(1.0),
@@ -339,7 +345,7 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
         .unwrap()
         .success());
     let mut refused = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         let fresh = reqwest::Client::new();
         if fresh.get(node.url("/healthz")).send().await.is_err() {
             refused = true;
@@ -352,7 +358,7 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
     while let Some(chunk) = body.next().await {
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
-    assert!(text.contains("w19") && text.contains("[DONE]"), "{text}");
+    assert!(text.contains("w59") && text.contains("[DONE]"), "{text}");
 
     // The process ends by itself, and the stream is recorded and billed.
     let mut node = node;
