@@ -178,6 +178,18 @@ struct ServeArgs {
     db: DbArgs,
 }
 
+impl ServeArgs {
+    /// What these flags change in the settings (`serve` and `check-config`).
+    fn overrides(self) -> Overrides {
+        Overrides {
+            bind: self.bind,
+            data_dir: self.db.data_dir,
+            database_url: self.db.database_url,
+            static_dir: self.static_dir,
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -213,12 +225,7 @@ fn main() -> anyhow::Result<()> {
                 .block_on(demo::run(opts))
         }
         Command::Serve(args) => {
-            let overrides = Overrides {
-                bind: args.bind,
-                data_dir: args.db.data_dir,
-                database_url: args.db.database_url,
-                static_dir: args.static_dir,
-            };
+            let overrides = args.overrides();
             let settings = Settings::load(cli.config.as_deref(), &overrides)?;
             telemetry::init_tracing(settings.log_format);
             shift_clock_for_tests()?;
@@ -230,12 +237,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::CheckConfig(args) => {
-            let overrides = Overrides {
-                bind: args.bind,
-                data_dir: args.db.data_dir,
-                database_url: args.db.database_url,
-                static_dir: args.static_dir,
-            };
+            let overrides = args.overrides();
             let settings = Settings::load(cli.config.as_deref(), &overrides)?;
             let warnings = tally_server::check_settings(&settings)?;
             println!(

@@ -108,6 +108,18 @@ async fn metrics_can_be_closed_behind_a_token(backend: Backend) {
     assert!(res.text().await.unwrap().contains("tally_uptime_seconds"));
 }
 
+/// The server's `/metrics` page.
+async fn metrics_text(client: &reqwest::Client, node: &TallyProcess) -> String {
+    client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// An upstream that streams sixty words, one every 100 ms, then its usage.
 async fn slow_stream_upstream() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -265,14 +277,7 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     };
     crate::helpers::eventually(30, "a successful round of the credits upkeep", || async {
-        let text = client
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&client, &node).await;
         metric(
             &text,
             "tally_upkeep_last_success_timestamp_seconds{task=\"credits\"}",
@@ -296,14 +301,7 @@ async fn sigterm_lets_a_stream_in_flight_finish_and_bills_it_while_refusing_new_
 
     // The metrics show the stream in flight, the finished calls' durations
     // and commit waits, the cache hit and the background tasks' health.
-    let text = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&client, &node).await;
     assert_eq!(
         metric(&text, "tally_gateway_calls_in_flight"),
         Some(1.0),
