@@ -57,3 +57,19 @@ pub struct CreateBackup {
     #[serde(default)]
     pub include_secrets: bool,
 }
+
+/// What a restore wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoredBackup {
+    /// When the backup's snapshot was read (RFC 3339 UTC).
+    pub created_at: String,
+    pub tables: i64,
+    pub rows: i64,
+    pub schema_version: i64,
+    /// `sqlite` or `postgres`: where the backup was taken.
+    pub source_backend: String,
+    /// Without secrets, APIs with upstream credentials need them entered
+    /// again.
+    pub secrets_included: bool,
+}

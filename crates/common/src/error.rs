@@ -66,6 +66,9 @@ pub enum ErrorCode {
     /// An upstream URL names a host or address the server's egress policy
     /// refuses (400).
     UpstreamNotAllowed,
+    /// A backup archive is damaged, not a backup, or of another schema
+    /// version (400).
+    InvalidBackup,
     /// Something failed inside the server; the request id finds it in the logs (500).
     Internal,
     /// A dependency (the database) is not available (503).
@@ -105,6 +108,7 @@ impl ErrorCode {
             ErrorCode::StaleTimestamp => "stale_timestamp",
             ErrorCode::UnsupportedCurrency => "unsupported_currency",
             ErrorCode::UpstreamNotAllowed => "upstream_not_allowed",
+            ErrorCode::InvalidBackup => "invalid_backup",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ServingPaused => "serving_paused",
@@ -117,7 +121,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest
             | ErrorCode::InvalidJson
             | ErrorCode::UnsupportedCurrency
-            | ErrorCode::UpstreamNotAllowed => 400,
+            | ErrorCode::UpstreamNotAllowed
+            | ErrorCode::InvalidBackup => 400,
             ErrorCode::Unauthorized
             | ErrorCode::InvalidCredentials
             | ErrorCode::TokenExpired

@@ -72,6 +72,9 @@ pub struct BackupSettings {
     /// Owners and admins see a banner when the last backup is older than
     /// this (or there is none and the server is older), in days; 0: never.
     pub overdue_days: u32,
+    /// The largest archive a new server accepts for a restore through the
+    /// API, in MB (the command line has no limit).
+    pub max_restore_mb: u64,
 }
 
 impl Default for BackupSettings {
@@ -82,6 +85,7 @@ impl Default for BackupSettings {
             keep: 7,
             include_secrets: false,
             overdue_days: 30,
+            max_restore_mb: 16_384,
         }
     }
 }

@@ -82,6 +82,14 @@ pub async fn any_operator(conn: &mut AnyConnection) -> Result<bool> {
     Ok(row.is_some())
 }
 
+/// Whether the server has any account (a restore needs none).
+pub async fn any(conn: &mut AnyConnection) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM accounts LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
+}
+
 pub async fn by_email(conn: &mut AnyConnection, email: &str) -> Result<Option<AccountRow>> {
     let sql = format!("SELECT {COLUMNS} FROM accounts WHERE email = $1");
     let row = sqlx::query(&sql)

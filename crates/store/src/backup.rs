@@ -61,6 +61,10 @@ pub enum BackupError {
     /// Restore goes into an empty database only.
     #[error("the target database is not empty: {0}; restore goes into an empty database")]
     NotEmpty(String),
+    /// A restore that needs a setup token got one that is unknown, expired
+    /// or used.
+    #[error("the setup token is unknown, expired or used")]
+    SetupToken,
     /// This database's tables cannot be written to an archive.
     #[error("unsupported schema: {0}")]
     Schema(String),
@@ -628,17 +632,39 @@ pub struct Restored {
     pub rows: BTreeMap<String, i64>,
 }
 
+/// What a restore into a running server keeps of the target.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The hash of a setup token the restore uses up first, in its own
+    /// transaction: of a restore and a setup racing on a new server, only
+    /// one goes through.
+    pub setup_token_hash: Option<String>,
+    /// `server_settings` keys whose values in the target stay as they are
+    /// (a running server keeps the JWT secret it signs with).
+    pub keep_settings: Vec<String>,
+}
+
 /// Restores the archive at `path` into `store`, which must be migrated to
 /// this build's schema and hold no accounts, namespaces or ledger entries.
 /// Everything is checked first and written in one transaction: on any error
 /// the database is as it was.
 pub async fn restore(store: &Store, path: &Path) -> Result<Restored> {
+    restore_with(store, path, RestoreOptions::default()).await
+}
+
+/// [`restore`], keeping what `opts` says of the target.
+pub async fn restore_with(store: &Store, path: &Path, opts: RestoreOptions) -> Result<Restored> {
     let p = path.to_path_buf();
     let manifest = tokio::task::spawn_blocking(move || verify(&p))
         .await
         .map_err(|e| BackupError::Io(std::io::Error::other(e)))??;
     let backend = store.backend();
     let mut tx = store.begin().await?;
+    if let Some(hash) = &opts.setup_token_hash {
+        if !crate::setup_tokens::consume(&mut tx, hash).await? {
+            return Err(BackupError::SetupToken);
+        }
+    }
     let target = tables(&mut tx, backend).await?;
     let target_by_name: HashMap<&str, &Table> =
         target.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -690,6 +716,12 @@ pub async fn restore(store: &Store, path: &Path) -> Result<Restored> {
             }
         }
     }
+    let mut kept = Vec::with_capacity(opts.keep_settings.len());
+    for key in &opts.keep_settings {
+        if let Some(value) = crate::settings::get(&mut tx, key).await? {
+            kept.push((key, value));
+        }
+    }
     let names: Vec<String> = target.iter().map(|t| t.name.clone()).collect();
     let order = insert_order(&mut tx, backend, &names).await?;
     // What the server seeds at start (its JWT secret, config-file APIs, a
@@ -715,6 +747,9 @@ pub async fn restore(store: &Store, path: &Path) -> Result<Restored> {
             )));
         }
         rows.insert(t.name.clone(), n);
+    }
+    for (key, value) in &kept {
+        crate::settings::set(&mut tx, key, value).await?;
     }
     if backend == Backend::Postgres {
         reset_sequences(&mut tx).await?;

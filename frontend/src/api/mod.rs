@@ -228,6 +228,20 @@ pub async fn setup(req: &SetupRequest) -> ApiResult<Tokens> {
     Ok(store_tokens(&auth))
 }
 
+/// Restores a backup into a new server with its setup token, instead of
+/// creating the first operator (O1).
+pub async fn restore_backup(token: &str, archive: &web_sys::File) -> ApiResult<RestoredBackup> {
+    let res = Request::post("/api/v1/auth/setup/restore")
+        .header("X-Setup-Token", token.trim())
+        .header("Content-Type", "application/x-tar")
+        .body(archive.clone())
+        .map_err(ApiError::network)?
+        .send()
+        .await
+        .map_err(ApiError::network)?;
+    decode(res).await
+}
+
 /// What an invitation offers (no session needed).
 pub async fn lookup_invitation(token: &str) -> ApiResult<InvitationPreview> {
     let body = to_value(&InvitationTokenRequest {

@@ -41,10 +41,83 @@ pub fn Signup() -> impl IntoView {
 }
 
 /// The server's first operator, with the setup token from `/setup#TOKEN` (or
-/// pasted from `<data_dir>/setup-token`).
+/// pasted from `<data_dir>/setup-token`); or, with the same token, a backup
+/// restored into this empty server.
 #[component]
 pub fn Setup() -> impl IntoView {
     view! { <AuthForm mode=Mode::Setup /> }
+}
+
+/// Uploads a backup archive with the setup token (O1); on success the
+/// accounts of the backup sign in.
+#[component]
+fn RestoreBackup(token: RwSignal<String>) -> impl IntoView {
+    let file = NodeRef::<leptos::html::Input>::new();
+    let error = RwSignal::new(None::<api::ApiError>);
+    let done = RwSignal::new(None::<tally_common::RestoredBackup>);
+    let busy = RwSignal::new(false);
+    let restore = move |_| {
+        let Some(archive) = file
+            .get_untracked()
+            .and_then(|input| input.files())
+            .and_then(|files| files.get(0))
+        else {
+            error.set(Some(api::ApiError {
+                status: 0,
+                code: "invalid_request".into(),
+                message: "choose a backup file (tally-backup-….tar) first".into(),
+            }));
+            return;
+        };
+        busy.set(true);
+        error.set(None);
+        spawn_local(async move {
+            let result = api::restore_backup(&token.get_untracked(), &archive).await;
+            busy.set(false);
+            match result {
+                Ok(r) => done.set(Some(r)),
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    view! {
+        <details class="more" data-testid="restore-backup">
+            <summary>"Restore a backup instead"</summary>
+            <div class="stack">
+                <p class="muted">
+                    "Moving a Tally here? Upload a backup (Settings › Backup, or tally backup create) \
+                     with the setup token above. It goes into this empty server whole or not at all; \
+                     then sign in with an account from the backup."
+                </p>
+                {move || error.get().map(|e| view! { <ErrorNotice error=e /> })}
+                {move || done.get().map(|r| view! {
+                    <div class="alert ok" data-testid="restore-result">
+                        {format!(
+                            "Restored {} rows in {} tables from the {} backup of {}.",
+                            tally_common::format::count(r.rows as f64),
+                            r.tables,
+                            r.source_backend,
+                            r.created_at.get(..16).unwrap_or(&r.created_at).replace('T', " "),
+                        )}
+                        {(!r.secrets_included).then_some(
+                            " It held no upstream credentials: enter them again for APIs that need them.",
+                        )}
+                        " " <A href="/login">"Log in"</A>
+                    </div>
+                })}
+                <input type="file" accept=".tar,application/x-tar" data-testid="restore-file" node_ref=file />
+                <button
+                    type="button"
+                    class="secondary"
+                    data-testid="restore-submit"
+                    disabled=move || busy.get() || done.with(Option::is_some)
+                    on:click=restore
+                >
+                    {move || if busy.get() { "Restoring…" } else { "Restore" }}
+                </button>
+            </div>
+        </details>
+    }
 }
 
 #[component]
@@ -196,6 +269,7 @@ fn AuthForm(mode: Mode) -> impl IntoView {
                             {action}
                         </button>
                     </form>
+                    {(mode == Mode::Setup).then(|| view! { <RestoreBackup token /> })}
                     <p class="muted">{switch_text} " " <A href=switch_href>{switch_label}</A></p>
                 </div>
             </div>

@@ -43,6 +43,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(auth::signup)
                 .service(auth::login)
                 .service(auth::setup)
+                .service(backups::restore)
                 .service(auth::refresh)
                 .service(auth::logout)
                 .service(me::me)

@@ -50,6 +50,12 @@ pub fn info(name: String, size: u64, m: &Manifest) -> BackupInfo {
 }
 
 impl Backups {
+    /// Waits for a backup in progress and keeps others from starting until
+    /// the guard is dropped (a restore writes the whole database).
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.running.lock().await
+    }
+
     /// Takes a backup into `dir`; records it and logs an event either way.
     pub async fn take(
         &self,

@@ -11,7 +11,9 @@ use std::process::Command;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_common::{BackupInfo, BackupList, BannerList, CreatedKey, ErrorCode};
+use tally_common::{
+    AuthResponse, BackupInfo, BackupList, BannerList, CreatedKey, ErrorCode, RestoredBackup,
+};
 use tally_store::backup::{self, BackupError, CreateOptions};
 use tally_store::sqlx::{self, any::AnyRow, Row};
 use tally_store::{ConnectOptions, Store};
@@ -22,12 +24,14 @@ use crate::helpers::{
     spawn_app_with, spawn_with, start, test_settings, upkeep_rounds, Backend, TestApp,
     TestDatabase, User,
 };
+use crate::operators::setup_token;
 
 backend_tests!(
     operators_take_list_download_and_delete_backups_and_no_one_else_can,
     a_schedule_backs_up_when_due_and_keeps_the_newest,
     owners_and_admins_see_the_overdue_banner_until_a_backup_is_taken,
     a_backup_that_cannot_be_written_is_a_500_and_an_event_and_records_nothing,
+    a_new_server_restores_an_uploaded_backup_with_its_setup_token_once,
 );
 
 /// Every table of a database, its columns by name and its rows sorted, each
@@ -754,4 +758,219 @@ async fn a_backup_that_cannot_be_written_is_a_500_and_an_event_and_records_nothi
         .get("/api/v1/admin/backups", Some(&operator.token))
         .await;
     assert_error(res, StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal).await;
+}
+
+async fn upload(app: &TestApp, token: Option<&str>, archive: Vec<u8>) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url("/api/v1/auth/setup/restore"))
+        .header("content-type", "application/x-tar")
+        .body(archive);
+    if let Some(token) = token {
+        req = req.header("x-setup-token", token);
+    }
+    req.send().await.unwrap()
+}
+
+/// O1 through the API: a new server (no accounts) takes an uploaded backup
+/// with its setup token instead of a first operator. Before that, a wrong or
+/// missing token, a damaged archive and an oversized one change nothing and
+/// leave the token usable; after it, the backup's people sign in (their
+/// refresh tokens carry on), its keys call the gateway, its catalog serves,
+/// and the token is used up. A server that holds an account refuses.
+async fn a_new_server_restores_an_uploaded_backup_with_its_setup_token_once(backend: Backend) {
+    let source = spawn_app(Backend::Sqlite).await;
+    let (secret, alice) = realistic_data(&source).await;
+    let operator = source.signup_operator("op2").await;
+    let taken: BackupInfo = json(
+        source
+            .post("/api/v1/admin/backups", Some(&operator.token), json!({}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let archive = source
+        .get(
+            &format!("/api/v1/admin/backups/{}", taken.name),
+            Some(&operator.token),
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let balances_before: Value = json(
+        source
+            .get(
+                &format!("/api/v1/namespaces/{}/credits", alice.namespace_id),
+                Some(&alice.token),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+
+    let target = spawn_app(backend).await;
+    let token = setup_token(&target).expect("a new server has a setup token");
+    for (token, body) in [
+        (None, archive.clone()),
+        (Some("not-the-token"), archive.clone()),
+        (Some(""), archive.clone()),
+    ] {
+        let res = upload(&target, token, body).await;
+        assert_error(res, StatusCode::UNAUTHORIZED, ErrorCode::InvalidSetupToken).await;
+    }
+    let mut truncated = archive.clone();
+    truncated.truncate(archive.len() * 2 / 3);
+    let mut altered = archive.clone();
+    let at = archive.len() - 2048;
+    altered[at] ^= 0x55;
+    for damaged in [
+        truncated,
+        altered,
+        b"not a tar archive".to_vec(),
+        Vec::new(),
+    ] {
+        let res = upload(&target, Some(&token), damaged).await;
+        assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::InvalidBackup).await;
+    }
+    assert_eq!(count(&target.store, "accounts").await, 0);
+    assert_eq!(count(&target.store, "ledger_entries").await, 0);
+    let hidden: Vec<_> = std::fs::read_dir(target.db.dir.path().join("backups"))
+        .unwrap()
+        .collect();
+    assert!(hidden.is_empty(), "uploads are removed: {hidden:?}");
+
+    let jwt_secret = || async {
+        let mut conn = target.store.conn().await.unwrap();
+        tally_store::settings::get(&mut conn, "jwt_secret")
+            .await
+            .unwrap()
+    };
+    let signing = jwt_secret().await.expect("the server's JWT secret");
+    let restored: RestoredBackup = json(
+        upload(&target, Some(&token), archive.clone()).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        jwt_secret().await,
+        Some(signing),
+        "the server keeps its secret"
+    );
+    assert_eq!(restored.rows, taken.rows);
+    assert_eq!(restored.tables, taken.tables);
+    assert_eq!(restored.source_backend, "sqlite");
+    assert!(!restored.secrets_included);
+    assert!(setup_token(&target).is_none(), "the token file is removed");
+    for res in [
+        upload(&target, Some(&token), archive.clone()).await,
+        target
+            .post(
+                "/api/v1/auth/setup",
+                None,
+                json!({"token": token, "email": "late@example.com", "password": "correct horse battery"}),
+            )
+            .await,
+    ] {
+        assert_error(res, StatusCode::UNAUTHORIZED, ErrorCode::InvalidSetupToken).await;
+    }
+    assert_eq!(
+        count(&target.store, "ledger_entries").await,
+        count(&source.store, "ledger_entries").await
+    );
+    assert_balances_match_ledgers(&target.store).await;
+
+    // The backup's accounts sign in, and a session of the source carries on
+    // (refresh tokens are restored as hashes; the server keeps its own JWT
+    // secret, so the source's access token is not valid here).
+    let res = target
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": alice.email, "password": alice.password}),
+        )
+        .await;
+    let login: AuthResponse = json(res, StatusCode::OK).await;
+    let res = target
+        .get(
+            &format!("/api/v1/namespaces/{}/credits", alice.namespace_id),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let refreshed: AuthResponse = json(
+        target
+            .post(
+                "/api/v1/auth/refresh",
+                None,
+                json!({"refresh_token": alice.refresh_token}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(refreshed.account.id, login.account.id);
+    let balances_after: Value = json(
+        target
+            .get(
+                &format!("/api/v1/namespaces/{}/credits", alice.namespace_id),
+                Some(&login.access_token),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(balances_after, balances_before);
+    // Its key calls the gateway, and its catalog is served at once.
+    assert_eq!(
+        chat(&target, &secret, "tally-sandbox").await,
+        StatusCode::OK
+    );
+    let catalog: Value = json(
+        target
+            .get("/api/v1/catalog", Some(&login.access_token))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        catalog.to_string().contains("\"paid\""),
+        "the backup's API is in the catalog: {catalog}"
+    );
+    let operator_login: AuthResponse = json(
+        target
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": operator.email, "password": operator.password}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let operator = target
+        .user(operator.email, operator.password, operator_login)
+        .await;
+    let restores = events_of_kind(&target, &operator, "backup.restored").await;
+    assert_eq!(restores.len(), 1, "{restores:?}");
+    assert!(restores[0].message.contains("with the setup token"));
+
+    // A server that holds an account refuses, and one with a tiny limit
+    // refuses the upload as too large; neither uses up its token.
+    let db = TestDatabase::new(backend).await;
+    let small = spawn_with(db, |s| s.backup.max_restore_mb = 0).await;
+    let token = setup_token(&small).unwrap();
+    let res = upload(&small, Some(&token), archive.clone()).await;
+    assert_error(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+    )
+    .await;
+    small.signup("early").await;
+    let res = upload(&small, Some(&token), archive).await;
+    assert_error(res, StatusCode::CONFLICT, ErrorCode::Conflict).await;
+    assert_eq!(count(&small.store, "accounts").await, 1);
+    assert!(setup_token(&small).is_some());
 }

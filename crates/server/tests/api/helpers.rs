@@ -414,7 +414,7 @@ impl TestApp {
         self.user(email, password, auth).await
     }
 
-    async fn user(&self, email: String, password: String, auth: AuthResponse) -> User {
+    pub async fn user(&self, email: String, password: String, auth: AuthResponse) -> User {
         let me: Value = self
             .get("/api/v1/me", Some(&auth.access_token))
             .await

@@ -27,7 +27,7 @@ async fn is_operator(app: &TestApp, token: &str) -> bool {
     me["is_operator"].as_bool().unwrap()
 }
 
-fn setup_token(app: &TestApp) -> Option<String> {
+pub(crate) fn setup_token(app: &TestApp) -> Option<String> {
     std::fs::read_to_string(app.db.dir.path().join("setup-token"))
         .ok()
         .map(|t| t.trim().to_owned())
