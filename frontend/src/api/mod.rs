@@ -233,7 +233,7 @@ pub async fn setup(req: &SetupRequest) -> ApiResult<Tokens> {
 pub async fn restore_backup(token: &str, archive: &web_sys::File) -> ApiResult<RestoredBackup> {
     let res = Request::post("/api/v1/auth/setup/restore")
         .header("X-Setup-Token", token.trim())
-        .header("Content-Type", "application/x-tar")
+        .header("Content-Type", "application/octet-stream")
         .body(archive.clone())
         .map_err(ApiError::network)?
         .send()

@@ -200,7 +200,7 @@ pub const SETUP_TOKEN_HEADER: &str = "X-Setup-Token";
     operation_id = "restore_backup",
     tag = "backups",
     params(("X-Setup-Token" = String, Header, description = "The server's one-time setup token")),
-    request_body(content = BackupArchive, content_type = "application/x-tar", description = "A backup archive, as downloaded"),
+    request_body(content = BackupArchive, content_type = "application/octet-stream", description = "A backup archive (a tar file) as downloaded; any content type is accepted"),
     responses(
         (status = 200, body = RestoredBackup),
         (status = 400, description = "`invalid_backup`: the archive is damaged, not a backup, or of another schema version; nothing was written", body = ErrorBody),

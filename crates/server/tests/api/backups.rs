@@ -764,7 +764,7 @@ async fn upload(app: &TestApp, token: Option<&str>, archive: Vec<u8>) -> reqwest
     let mut req = app
         .client
         .post(app.url("/api/v1/auth/setup/restore"))
-        .header("content-type", "application/x-tar")
+        .header("content-type", "application/octet-stream")
         .body(archive);
     if let Some(token) = token {
         req = req.header("x-setup-token", token);
