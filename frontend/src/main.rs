@@ -12,7 +12,7 @@ use leptos_router::path;
 use crate::components::layout::Layout;
 use crate::pages::{
     auth, catalog, credits, dashboard, finance, invite, keys, monitoring, placeholder::Placeholder,
-    playground, settings,
+    playground, settings, webhooks,
 };
 
 #[component]
@@ -41,9 +41,7 @@ fn App() -> impl IntoView {
                     <Route path=path!("subclouds") view=|| view! {
                         <Placeholder title="Subclouds" text="Named pools of upstream nodes with reserved capacity and hourly hosting prices." />
                     } />
-                    <Route path=path!("webhooks") view=|| view! {
-                        <Placeholder title="Webhooks" text="Signed webhook deliveries for job completion, low balance, quotas and key expiry, with retries and replay." />
-                    } />
+                    <Route path=path!("webhooks") view=webhooks::Webhooks />
                 </ParentRoute>
             </Routes>
         </Router>

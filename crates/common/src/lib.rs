@@ -20,6 +20,7 @@ pub mod monitoring;
 pub mod namespaces;
 pub mod status;
 pub mod usage;
+pub mod webhooks;
 
 pub use auth::*;
 pub use backups::*;
@@ -33,6 +34,7 @@ pub use monitoring::*;
 pub use namespaces::*;
 pub use status::*;
 pub use usage::*;
+pub use webhooks::*;
 
 use serde::{Deserialize, Serialize};
 

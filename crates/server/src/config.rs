@@ -45,12 +45,60 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Backups (O1): where they go, and an optional schedule.
     pub backup: BackupSettings,
+    /// Webhook deliveries (W1, W2).
+    pub webhooks: WebhookSettings,
     /// When set, `/metrics` answers only requests with
     /// `Authorization: Bearer <metrics_token>` (O3).
     pub metrics_token: Option<SecretString>,
     /// On SIGTERM, how long calls and streams in flight may take to finish
     /// before the server stops anyway (O3).
     pub shutdown_timeout_secs: u64,
+}
+
+/// Webhook deliveries (`[webhooks]`, W1, W2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebhookSettings {
+    /// Seconds to wait before each retry after a failed attempt; a delivery
+    /// that fails once more than there are entries is marked failed. The
+    /// default spans about three days (Standard Webhooks' example).
+    pub retry_schedule_secs: Vec<u64>,
+    /// Each delay is drawn within this fraction of its value either side
+    /// (0.1: ±10%), so receivers that failed together are not retried in a
+    /// burst.
+    pub jitter: f64,
+    /// How long an attempt may take, connection to last byte.
+    pub timeout_secs: u64,
+    /// An endpoint whose attempts have all failed for this long is disabled
+    /// (an event says so); 0: never.
+    pub disable_after_secs: u64,
+    /// How often each instance looks for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Deliveries sent at once by one instance (one endpoint at a time each).
+    pub concurrency: usize,
+    /// Finished deliveries and their attempts are deleted after this many
+    /// days; 0: kept.
+    pub retention_days: u32,
+    /// `key.expiring` goes out this many days before a key's expiry.
+    pub key_expiry_warning_days: u32,
+    /// Endpoints per namespace.
+    pub max_endpoints: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            retry_schedule_secs: vec![5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_000, 86_400],
+            jitter: 0.1,
+            timeout_secs: 15,
+            disable_after_secs: 5 * 86_400,
+            poll_interval_ms: 1_000,
+            concurrency: 8,
+            retention_days: 30,
+            key_expiry_warning_days: 7,
+            max_endpoints: 20,
+        }
+    }
 }
 
 /// Backups (`[backup]`, O1).
@@ -109,6 +157,7 @@ impl Default for Settings {
             redis_url: None,
             cluster: ClusterSettings::default(),
             backup: BackupSettings::default(),
+            webhooks: WebhookSettings::default(),
             metrics_token: None,
             shutdown_timeout_secs: 30,
         }

@@ -184,6 +184,7 @@ impl Application {
         upkeep::start(
             store.clone(),
             gateway.clone(),
+            settings.webhooks.clone(),
             check_every,
             leadership.clone(),
         );
@@ -196,9 +197,13 @@ impl Application {
             store.clone(),
             settings.clone(),
             backups.clone(),
-            leadership,
+            leadership.clone(),
             check_every,
         );
+        let webhooks =
+            services::webhooks::Worker::new(store.clone(), settings.webhooks.clone(), &egress)
+                .context("cannot build the webhook client")?;
+        webhooks.start(leadership.clone());
         let state = web::Data::new(AppState {
             store,
             tokens,
@@ -210,6 +215,7 @@ impl Application {
             egress,
             settings,
             backups,
+            webhooks,
             started_at: tally_store::clock::now(),
             started: Instant::now(),
         });

@@ -65,6 +65,7 @@ use utoipa_actix_web::AppExt;
         (name = "usage", description = "Recorded gateway calls (G4) and the Playground"),
         (name = "monitoring", description = "Charts, breakdowns, the request log and exports from usage rollups, and the dashboard summary (M1-M6, D1-D3)"),
         (name = "backups", description = "Backups of the whole database, taken now or on a schedule (O1)"),
+        (name = "webhooks", description = "Signed webhooks: endpoints, event subscriptions, deliveries with every attempt, replay (W1, W2)"),
         (name = "gateway", description = "The data plane: OpenAI-compatible endpoints and every other catalog API (G1-G5); authenticate with an API key"),
     )
 )]

@@ -27,6 +27,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Backups taken through the API and the schedule, one at a time.
     pub backups: Arc<crate::services::backups::Backups>,
+    /// This instance's webhook delivery worker (W2).
+    pub webhooks: Arc<crate::services::webhooks::Worker>,
     pub started_at: DateTime<Utc>,
     pub started: Instant,
 }

@@ -1,5 +1,6 @@
 //! Background upkeep of credits: bonus expiry (C7), the serving state of
-//! sellers (C8) and subscription renewals (C6).
+//! sellers (C8), subscription renewals (C6) and warnings of keys about to
+//! expire (W1).
 //!
 //! Policy: one loop per instance, every `billing.alert_check_interval_ms`,
 //! calling the services that do the work (`services::credits`,
@@ -18,6 +19,7 @@ use tally_common::{Environment, Severity};
 use tally_store::events::NewEvent;
 use tally_store::Store;
 
+use crate::config::WebhookSettings;
 use crate::error::ApiResult;
 use crate::gateway::Gateway;
 use crate::leadership::Leadership;
@@ -73,6 +75,16 @@ pub async fn check_seller(
             },
         )
         .await?;
+        services::webhooks::emit(
+            &mut tx,
+            seller,
+            Some(Environment::Live),
+            kind,
+            serde_json::json!({
+                "critical_balance_micros": gateway.settings().seller_critical_balance_micros,
+            }),
+        )
+        .await?;
     }
     tx.commit().await?;
     seen.insert(seller.to_owned(), paused);
@@ -83,6 +95,7 @@ pub async fn check_seller(
 pub async fn run_once(
     store: &Store,
     gateway: &Gateway,
+    webhooks: &WebhookSettings,
     seen: &mut HashMap<String, bool>,
 ) -> ApiResult<()> {
     let due = {
@@ -95,11 +108,19 @@ pub async fn run_once(
     for seller in gateway.sellers() {
         check_seller(store, gateway, &seller, seen).await?;
     }
-    services::subscriptions::renew(store).await
+    services::subscriptions::renew(store).await?;
+    services::webhooks::warn_expiring_keys(store, webhooks).await?;
+    Ok(())
 }
 
 /// Starts the upkeep loop on the current runtime.
-pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration, leadership: Leadership) {
+pub fn start(
+    store: Store,
+    gateway: Arc<Gateway>,
+    webhooks: WebhookSettings,
+    interval: Duration,
+    leadership: Leadership,
+) {
     let gateway = Arc::downgrade(&gateway);
     tokio::spawn(async move {
         let mut seen = HashMap::new();
@@ -116,7 +137,7 @@ pub fn start(store: Store, gateway: Arc<Gateway>, interval: Duration, leadership
                 continue;
             }
             metrics::counter!("tally_upkeep_rounds_total", "task" => "credits").increment(1);
-            let result = run_once(&store, &gateway, &mut seen).await;
+            let result = run_once(&store, &gateway, &webhooks, &mut seen).await;
             crate::telemetry::task_round("credits", result.is_ok());
             if let Err(e) = result {
                 tracing::warn!(error = %e, "credit upkeep failed");

@@ -190,7 +190,8 @@ pub async fn update(conn: &mut AnyConnection, id: &str, c: KeyChanges<'_>) -> Re
     sqlx::query(
         "UPDATE api_keys SET name = COALESCE($1, name), labels = COALESCE($2, labels), \
          allowed_apis = COALESCE($3, allowed_apis), limits = COALESCE($4, limits), \
-         expires_at = COALESCE($5, expires_at), updated_at = $6 WHERE id = $7",
+         expires_at = COALESCE($5, expires_at), updated_at = $6, \
+         expiry_warned_at = CASE WHEN $5 IS NULL THEN expiry_warned_at END WHERE id = $7",
     )
     .bind(c.name)
     .bind(c.labels)
@@ -202,6 +203,62 @@ pub async fn update(conn: &mut AnyConnection, id: &str, c: KeyChanges<'_>) -> Re
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// A key about to expire, for its warning.
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    pub id: String,
+    pub namespace_id: String,
+    pub environment: Environment,
+    pub name: String,
+    pub expires_at: i64,
+}
+
+/// Keys that are not revoked, expire after `now` and by `horizon`, and have
+/// not been warned of it, soonest first.
+pub async fn expiring_unwarned(
+    conn: &mut AnyConnection,
+    now: i64,
+    horizon: i64,
+    limit: i64,
+) -> Result<Vec<Expiring>> {
+    let rows = sqlx::query(
+        "SELECT id, namespace_id, environment, name, expires_at FROM api_keys \
+         WHERE revoked_at IS NULL AND expiry_warned_at IS NULL \
+           AND expires_at > $1 AND expires_at <= $2 ORDER BY expires_at LIMIT $3",
+    )
+    .bind(now)
+    .bind(horizon)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let env: String = r.try_get("environment")?;
+            Ok(Expiring {
+                id: r.try_get("id")?,
+                namespace_id: r.try_get("namespace_id")?,
+                environment: Environment::parse(&env)
+                    .ok_or_else(|| bad_value("environment", &env))?,
+                name: r.try_get("name")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a key warned of its expiry: true when this call did (a new expiry
+/// clears the mark, see [`update`]).
+pub async fn mark_expiry_warned(conn: &mut AnyConnection, id: &str, at: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET expiry_warned_at = $1 WHERE id = $2 AND expiry_warned_at IS NULL",
+    )
+    .bind(at)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Issues a new secret; every secret issued before it stops working at

@@ -37,6 +37,7 @@ pub mod statements;
 pub mod subscriptions;
 mod threshold;
 pub mod usage;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -727,3 +727,85 @@ pub async fn monitoring_requests(
 pub fn monitoring_export_path(ns: &str, query: &MonitoringQuery, format: ExportFormat) -> String {
     monitoring_path(ns, "export", query, &format!("format={}", format.as_str()))
 }
+
+// --- Webhooks -----------------------------------------------------------------
+
+pub async fn webhooks(ns: &str) -> ApiResult<WebhookEndpointList> {
+    authed(
+        Method::Get,
+        &format!("/api/v1/namespaces/{ns}/webhooks"),
+        None,
+    )
+    .await
+}
+
+pub async fn create_webhook(
+    ns: &str,
+    req: &CreateWebhookEndpoint,
+) -> ApiResult<WebhookEndpointWithSecret> {
+    let path = format!("/api/v1/namespaces/{ns}/webhooks");
+    authed(Method::Post, &path, to_value(req)).await
+}
+
+pub async fn update_webhook(
+    ns: &str,
+    id: &str,
+    req: &UpdateWebhookEndpoint,
+) -> ApiResult<WebhookEndpoint> {
+    let path = format!("/api/v1/namespaces/{ns}/webhooks/{}", query_value(id));
+    authed(Method::Patch, &path, to_value(req)).await
+}
+
+pub async fn delete_webhook(ns: &str, id: &str) -> ApiResult<()> {
+    let path = format!("/api/v1/namespaces/{ns}/webhooks/{}", query_value(id));
+    authed(Method::Delete, &path, None).await
+}
+
+pub async fn rotate_webhook(ns: &str, id: &str) -> ApiResult<WebhookEndpointWithSecret> {
+    let path = format!(
+        "/api/v1/namespaces/{ns}/webhooks/{}/rotate",
+        query_value(id)
+    );
+    authed(
+        Method::Post,
+        &path,
+        to_value(&RotateWebhookSecret::default()),
+    )
+    .await
+}
+
+pub async fn test_webhook(ns: &str, id: &str) -> ApiResult<WebhookDelivery> {
+    let path = format!("/api/v1/namespaces/{ns}/webhooks/{}/test", query_value(id));
+    authed(Method::Post, &path, None).await
+}
+
+pub async fn webhook_deliveries(
+    ns: &str,
+    status: Option<&str>,
+    before: Option<&str>,
+) -> ApiResult<WebhookDeliveryPage> {
+    let mut path = format!("/api/v1/namespaces/{ns}/webhook-deliveries?limit=25");
+    if let Some(s) = status {
+        path.push_str(&format!("&status={}", query_value(s)));
+    }
+    if let Some(b) = before {
+        path.push_str(&format!("&before={}", query_value(b)));
+    }
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn webhook_delivery(ns: &str, id: &str) -> ApiResult<WebhookDeliveryDetail> {
+    let path = format!(
+        "/api/v1/namespaces/{ns}/webhook-deliveries/{}",
+        query_value(id)
+    );
+    authed(Method::Get, &path, None).await
+}
+
+pub async fn replay_webhook(ns: &str, id: &str) -> ApiResult<WebhookDelivery> {
+    let path = format!(
+        "/api/v1/namespaces/{ns}/webhook-deliveries/{}/replay",
+        query_value(id)
+    );
+    authed(Method::Post, &path, None).await
+}

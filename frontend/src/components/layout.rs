@@ -22,7 +22,7 @@ const AREAS: [(&str, &str, bool); 12] = [
     ("/catalog", "Catalog", true),
     ("/apis", "APIs", false),
     ("/subclouds", "Subclouds", false),
-    ("/webhooks", "Webhooks", false),
+    ("/webhooks", "Webhooks", true),
     ("/settings", "Settings", true),
     ("/api/docs/", "API docs", true),
 ];

@@ -9,3 +9,4 @@ pub mod monitoring;
 pub mod placeholder;
 pub mod playground;
 pub mod settings;
+pub mod webhooks;

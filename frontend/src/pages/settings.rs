@@ -347,6 +347,7 @@ fn Backups() -> impl IntoView {
                 "One file with every table, read from one moment while the server keeps serving. \
                  It restores into an empty SQLite or PostgreSQL database: "
                 <code>"tally backup restore FILE --database-url …"</code>
+                ", or upload it on a new server's setup page."
             </p>
             <label class="check">
                 <input type="checkbox" data-testid="backup-secrets"

@@ -22,6 +22,7 @@ pub mod subscriptions;
 pub mod system;
 pub mod topups;
 pub mod usage;
+pub mod webhooks;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -106,6 +107,16 @@ pub fn configure(cfg: &mut ServiceConfig) {
                 .service(backups::list)
                 .service(backups::create)
                 .service(backups::download)
-                .service(backups::remove),
+                .service(backups::remove)
+                .service(webhooks::list)
+                .service(webhooks::create)
+                .service(webhooks::get)
+                .service(webhooks::update)
+                .service(webhooks::remove)
+                .service(webhooks::rotate)
+                .service(webhooks::test)
+                .service(webhooks::deliveries)
+                .service(webhooks::delivery)
+                .service(webhooks::replay),
         );
 }

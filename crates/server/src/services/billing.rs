@@ -220,6 +220,14 @@ pub async fn check_alert(store: &Store, ns: &str, env: Environment) -> ApiResult
             },
         )
         .await?;
+        super::webhooks::emit(
+            &mut tx,
+            ns,
+            Some(env),
+            "credits.low_balance",
+            serde_json::json!({"balance_micros": balance, "threshold_micros": threshold}),
+        )
+        .await?;
     } else {
         tally_store::alerts::rearm(&mut tx, ns, env).await?;
     }

@@ -319,6 +319,24 @@ pub async fn deposit(
             },
         )
         .await?;
+        let mut data = serde_json::json!({
+            "intent_id": intent.id,
+            "external_tx_id": n.external_tx_id,
+            "currency": n.currency.as_str(),
+            "amount_units": n.amount_units,
+            "rate_micros": rate,
+            "credited_micros": credited,
+            "ledger_entry_id": recorded.ledger_entry_id,
+        });
+        let event_type = match &credit.subscription {
+            Some(sub) => {
+                data["subscription_id"] = sub.id.clone().into();
+                data["package"] = sub.package.clone().into();
+                "subscription.renewed"
+            }
+            None => "topup.confirmed",
+        };
+        super::webhooks::emit(&mut tx, ns, Some(env), event_type, data).await?;
         announce_credit(&mut tx, ns, env).await?;
         tx.commit().await?;
         pinned.credit(credited);

@@ -17,3 +17,4 @@ pub mod pricing;
 pub mod recorder;
 pub mod settle;
 pub mod subscriptions;
+pub mod webhooks;

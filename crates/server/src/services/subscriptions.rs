@@ -91,6 +91,21 @@ pub async fn renew(store: &Store) -> ApiResult<()> {
             },
         )
         .await?;
+        if !sub.cancel_at_period_end {
+            super::webhooks::emit(
+                &mut tx,
+                &sub.namespace_id,
+                Some(sub.environment),
+                kind,
+                serde_json::json!({
+                    "subscription_id": sub.id,
+                    "package": sub.package,
+                    "price_units": sub.price_units,
+                    "currency": sub.currency.as_str(),
+                }),
+            )
+            .await?;
+        }
         tx.commit().await?;
     }
     Ok(())

@@ -30,3 +30,4 @@ mod static_files;
 mod subscriptions;
 mod system;
 mod throttle;
+mod webhooks;
