@@ -30,8 +30,12 @@ pub fn Webhooks() -> impl IntoView {
     let notice = RwSignal::new(None::<String>);
     // The secret of the endpoint just created or rotated: shown once.
     let secret = RwSignal::new(None::<WebhookEndpointWithSecret>);
+    // Bumped when a delivery is queued here: the deliveries reload.
+    let queued = RwSignal::new(0u32);
     let endpoints = LocalResource::new(move || {
         changed.track();
+        // A delivery's outcome changes its endpoint's state (failing, disabled).
+        queued.track();
         let ns = app.namespace.get().unwrap_or_default();
         async move { api::webhooks(&ns).await }
     });
@@ -60,9 +64,9 @@ pub fn Webhooks() -> impl IntoView {
             <CreateEndpoint endpoints changed error secret />
         </Show>
         <Loaded resource=endpoints loading="Loading endpoints…" show=move |l: WebhookEndpointList| {
-            view! { <EndpointTable items=l.items changed error notice secret /> }.into_any()
+            view! { <EndpointTable items=l.items changed queued error notice secret /> }.into_any()
         } />
-        <Deliveries error notice />
+        <Deliveries queued error notice />
     }
 }
 
@@ -153,6 +157,7 @@ fn CreateEndpoint(
 fn EndpointTable(
     items: Vec<WebhookEndpoint>,
     changed: RwSignal<u32>,
+    queued: RwSignal<u32>,
     error: RwSignal<Option<api::ApiError>>,
     notice: RwSignal<Option<String>>,
     secret: RwSignal<Option<WebhookEndpointWithSecret>>,
@@ -195,6 +200,7 @@ fn EndpointTable(
                     error.set(None);
                     notice.set(Some(text));
                     changed.update(|n| *n += 1);
+                    queued.update(|n| *n += 1);
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -264,13 +270,14 @@ fn EndpointTable(
 
 #[component]
 fn Deliveries(
+    queued: RwSignal<u32>,
     error: RwSignal<Option<api::ApiError>>,
     notice: RwSignal<Option<String>>,
 ) -> impl IntoView {
     let app = use_app();
     let tick = use_refresh_tick();
     let status = RwSignal::new(None::<String>);
-    let replayed = RwSignal::new(0u32);
+    let replayed = queued;
     let open = RwSignal::new(None::<String>);
     let list = LocalResource::new(move || {
         tick.track();
@@ -278,6 +285,19 @@ fn Deliveries(
         let ns = app.namespace.get().unwrap_or_default();
         let status = status.get();
         async move { api::webhook_deliveries(&ns, status.as_deref(), None).await }
+    });
+    // While a delivery is pending, look again every two seconds.
+    Effect::new(move |_| {
+        let pending = list
+            .get()
+            .and_then(Result::ok)
+            .is_some_and(|p| p.items.iter().any(|d| d.status == "pending"));
+        if pending {
+            set_timeout(
+                move || replayed.update(|n| *n += 1),
+                std::time::Duration::from_secs(2),
+            );
+        }
     });
     let replay = move |id: String| {
         let ns = app.namespace.get_untracked().unwrap_or_default();

@@ -236,6 +236,42 @@ async fn realistic_data(app: &TestApp) -> (String, User) {
         StatusCode::OK
     );
     assert_ne!(chat(app, &live.secret, "paid-1").await, StatusCode::OK);
+    // A webhook endpoint with a delivery that went out (and its attempt).
+    let rx = crate::webhooks::receiver(|_| 200);
+    let made: Value = json(
+        app.post(
+            &format!("/api/v1/namespaces/{}/webhooks", alice.namespace_id),
+            Some(&alice.token),
+            json!({"url": rx.url}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let sent: Value = json(
+        app.post(
+            &format!(
+                "/api/v1/namespaces/{}/webhooks/{}/test",
+                alice.namespace_id,
+                made["endpoint"]["id"].as_str().unwrap()
+            ),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let delivery = format!(
+        "/api/v1/namespaces/{}/webhook-deliveries/{}",
+        alice.namespace_id,
+        sent["id"].as_str().unwrap()
+    );
+    crate::helpers::eventually(10, "the webhook delivery succeeds", || async {
+        let d: Value = json(app.get(&delivery, Some(&alice.token)).await, StatusCode::OK).await;
+        d["delivery"]["status"] == "succeeded"
+    })
+    .await;
     (test.secret, alice)
 }
 
@@ -284,6 +320,14 @@ async fn a_backup_moves_every_row_between_sqlite_and_postgresql_and_a_damaged_on
     let restored = backup::restore(&pg_store, &under_load).await.unwrap();
     assert_eq!(restored.rows.len(), manifest.tables.len());
     assert_balances_match_ledgers(&pg_store).await;
+    for table in [
+        "webhook_endpoints",
+        "webhook_messages",
+        "webhook_deliveries",
+        "webhook_attempts",
+    ] {
+        assert_eq!(count(&pg_store, table).await, 1, "{table}");
+    }
     // Without secrets: no JWT secret, and the upstream credential is gone
     // while the rest of the API's configuration stays.
     let mut conn = pg_store.conn().await.unwrap();

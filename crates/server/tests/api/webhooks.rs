@@ -31,7 +31,7 @@ backend_tests!(
 
 /// One request a receiver got, and what it answered.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     id: String,
     timestamp: i64,
     signature: String,
@@ -39,8 +39,8 @@ struct Received {
     answered: u16,
 }
 
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
@@ -52,7 +52,7 @@ impl Receiver {
 
 /// A receiver on loopback answering the `n`th request (from 0) with
 /// `answer(n)`.
-fn receiver(answer: impl Fn(usize) -> u16 + Send + Sync + Clone + 'static) -> Receiver {
+pub(crate) fn receiver(answer: impl Fn(usize) -> u16 + Send + Sync + Clone + 'static) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
