@@ -80,6 +80,8 @@ export default defineConfig({
     timeout: 60_000,
     env: {
       TALLY_BILLING__DEPOSIT_SECRET: process.env.TALLY_E2E_DEPOSIT_SECRET,
+      // The webhook spec's receiver listens on loopback.
+      TALLY_WEBHOOKS__ALLOW_PRIVATE: 'true',
       // Every test signs up from 127.0.0.1: the sign-up and login throttles are
       // raised so that the suite's own accounts stay under them.
       TALLY_AUTH__IP_REQUESTS_PER_MINUTE: '10000',

@@ -83,6 +83,11 @@ pub struct WebhookSettings {
     pub key_expiry_warning_days: u32,
     /// Endpoints per namespace.
     pub max_endpoints: usize,
+    /// Let webhook URLs reach loopback, private and other non-public
+    /// addresses. Off, they are refused (any member with the developer role
+    /// registers URLs, and the server would POST into its own network);
+    /// networks in `egress.allow` stay reachable either way.
+    pub allow_private: bool,
 }
 
 impl Default for WebhookSettings {
@@ -97,6 +102,7 @@ impl Default for WebhookSettings {
             retention_days: 30,
             key_expiry_warning_days: 7,
             max_endpoints: 20,
+            allow_private: false,
         }
     }
 }

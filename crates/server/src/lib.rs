@@ -200,9 +200,19 @@ impl Application {
             leadership.clone(),
             check_every,
         );
-        let webhooks =
-            services::webhooks::Worker::new(store.clone(), settings.webhooks.clone(), &egress)
-                .context("cannot build the webhook client")?;
+        // Webhook URLs come from any developer of any namespace: unless the
+        // operator allows it, they never reach non-public addresses.
+        let webhook_egress = egress::Egress::new(&egress::EgressSettings {
+            deny_private: settings.egress.deny_private || !settings.webhooks.allow_private,
+            ..settings.egress.clone()
+        })
+        .map_err(anyhow::Error::msg)?;
+        let webhooks = services::webhooks::Worker::new(
+            store.clone(),
+            settings.webhooks.clone(),
+            webhook_egress,
+        )
+        .context("cannot build the webhook client")?;
         webhooks.start(leadership.clone());
         let state = web::Data::new(AppState {
             store,

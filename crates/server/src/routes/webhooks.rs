@@ -75,8 +75,9 @@ fn to_attempt(a: AttemptRow) -> WebhookAttempt {
     }
 }
 
-/// A URL the server may POST to: http(s), with a host, within the egress
-/// policy, without control characters or a fragment.
+/// A URL the server may POST to: http(s), with a host, within the webhook
+/// egress policy (no non-public address unless `webhooks.allow_private`),
+/// without control characters or a fragment.
 fn check_url(state: &AppState, url: &str) -> ApiResult<String> {
     let url = url.trim();
     let parsed = url::Url::parse(url)
@@ -90,7 +91,7 @@ fn check_url(state: &AppState, url: &str) -> ApiResult<String> {
         )));
     };
     state
-        .egress
+        .webhooks
         .policy()
         .check_url(parsed.as_str())
         .map_err(|why| {

@@ -221,6 +221,9 @@ pub async fn warn_expiring_keys(
 pub struct Worker {
     store: Store,
     settings: WebhookSettings,
+    /// The egress policy of webhook URLs (stricter than upstreams' unless
+    /// `webhooks.allow_private`).
+    egress: crate::egress::Egress,
     client: reqwest::Client,
     wake: tokio::sync::Notify,
 }
@@ -229,7 +232,7 @@ impl Worker {
     pub fn new(
         store: Store,
         settings: WebhookSettings,
-        egress: &crate::egress::Egress,
+        egress: crate::egress::Egress,
     ) -> reqwest::Result<Arc<Worker>> {
         let client = egress
             .client_builder()
@@ -240,9 +243,15 @@ impl Worker {
         Ok(Arc::new(Worker {
             store,
             settings,
+            egress,
             client,
             wake: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// The policy webhook URLs must pass.
+    pub fn policy(&self) -> &crate::egress::Policy {
+        self.egress.policy()
     }
 
     /// Looks for due deliveries now (after a message was written).

@@ -279,6 +279,8 @@ pub fn test_settings(db: &TestDatabase) -> Settings {
     settings.auth.login_failures_per_account_ip = 0;
     settings.auth.login_failures_per_account_per_hour = 0;
     settings.auth.invitation_accepts_per_account_per_hour = 0;
+    // Webhook receivers of the tests listen on loopback.
+    settings.webhooks.allow_private = true;
     settings
 }
 

@@ -384,6 +384,33 @@ async fn endpoints_are_checked_whole_kept_to_their_namespace_and_rotated_with_bo
         )
         .await;
     assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::UpstreamNotAllowed).await;
+    // By default a server refuses webhook URLs into non-public networks.
+    let strict = spawn_with(TestDatabase::new(backend).await, |s| {
+        s.webhooks.allow_private = false;
+    })
+    .await;
+    let dev = strict.signup("dev").await;
+    for url in [
+        rx.url.as_str(),
+        "http://10.1.2.3/hook",
+        "http://[::1]:8080/hook",
+        "http://192.168.0.10/hook",
+    ] {
+        let res = strict
+            .post(
+                &ns(&dev, "/webhooks"),
+                Some(&dev.token),
+                json!({"url": url}),
+            )
+            .await;
+        assert_error(res, StatusCode::BAD_REQUEST, ErrorCode::UpstreamNotAllowed).await;
+    }
+    create(
+        &strict,
+        &dev,
+        json!({"url": "https://hooks.example.com/tally"}),
+    )
+    .await;
     let res = app
         .post(
             &ns(&owner, "/webhooks"),
