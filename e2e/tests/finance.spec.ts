@@ -13,7 +13,7 @@ async function signUp(page: Page, name: string) {
   await expect(page.getByTestId('empty-state')).toBeVisible();
 }
 
-/** `1,234.500000 credits` as micro-credits. */
+/** `1,234.500000 credits` (an exact amount, as in a balance's title) as micro-credits. */
 function micros(text: string | null): number {
   const [whole, frac = ''] = (text ?? '').replace(/ credits$/, '').replace(/,/g, '').split('.');
   return Number(whole) * 1_000_000 + Number(frac.padEnd(6, '0'));
@@ -44,7 +44,7 @@ test('a top-up paid through the deposit endpoint shows as paid, in the balance a
   await expect(page.getByRole('heading', { level: 1 })).toHaveText('Finance');
   const balance = page.getByTestId('balance');
   await expect(balance).toHaveText(/credits$/);
-  const before = micros(await balance.textContent());
+  const before = micros(await balance.getAttribute('title'));
   await expect(page.getByTestId('no-intents')).toBeVisible();
 
   // Before TGE only the stablecoins are offered.
@@ -54,7 +54,7 @@ test('a top-up paid through the deposit endpoint shows as paid, in the balance a
   await page.getByTestId('topup-submit').click();
   const current = page.getByTestId('current-intent');
   await expect(current.getByTestId('intent-status')).toHaveText('waiting for payment');
-  await expect(current.getByTestId('intent-amount')).toHaveText('25.000000 USDC');
+  await expect(current.getByTestId('intent-amount')).toHaveText('25.00 USDC');
   const intentId = (await current.getByTestId('intent-id').textContent()) ?? '';
   expect(intentId).toMatch(/^pi_/);
   await expect(page.getByTestId('intent-row')).toHaveCount(1);
@@ -67,10 +67,10 @@ test('a top-up paid through the deposit endpoint shows as paid, in the balance a
   expect((await res.json()).duplicate).toBe(false);
 
   await expect(current.getByTestId('intent-status')).toHaveText('paid');
-  await expect(current.getByTestId('intent-credited')).toContainText('25.000000 credits credited');
-  await expect.poll(async () => micros(await balance.textContent())).toBe(before + 25_000_000);
+  await expect(current.getByTestId('intent-credited')).toContainText('25.00 credits credited');
+  await expect.poll(async () => micros(await balance.getAttribute('title'))).toBe(before + 25_000_000);
   await expect(page.getByTestId('intent-row')).toContainText('paid');
-  await expect(page.getByTestId('intent-row')).toContainText('25.000000 credits');
+  await expect(page.getByTestId('intent-row')).toContainText('25.00 credits');
 
   // The same transaction again credits nothing more.
   const again = await notifyDeposit(page, deposit);
@@ -97,7 +97,7 @@ test('a low-balance threshold above the balance shows the banner until it is rem
   await page.goto('/finance');
   const balance = page.getByTestId('balance');
   await expect(balance).toHaveText(/credits$/);
-  const now = micros(await balance.textContent());
+  const now = micros(await balance.getAttribute('title'));
   await expect(page.getByTestId('alert-current')).toContainText('No threshold is set for test credits');
   await expect(page.getByTestId('low-balance-banner')).toHaveCount(0);
 
@@ -149,7 +149,7 @@ test('a viewer sees the balance, the alert and its banner, but no top-ups, invoi
   await page.locator('nav.sidebar').getByRole('link', { name: 'Finance' }).click();
 
   await expect(page.getByTestId('balance')).toHaveText(/credits$/);
-  await expect(page.getByTestId('low-balance-banner')).toContainText('below the alert threshold of 1000.000000 credits');
+  await expect(page.getByTestId('low-balance-banner')).toContainText('below the alert threshold of 1,000.00 credits');
   await expect(page.getByTestId('alert-current')).toContainText('below now');
   await expect(page.getByTestId('alert-readonly')).toBeVisible();
   await expect(page.getByTestId('billing-readonly')).toBeVisible();
@@ -189,7 +189,7 @@ test('a subscription starts when its first intent is paid, and the spending log 
   expect(all).toBeGreaterThanOrEqual(2);
   await log.getByTestId('filter-kind').selectOption('subscription');
   await expect(log.getByTestId('ledger-row')).toHaveCount(1);
-  await expect(log.getByTestId('ledger-row')).toContainText('110.000000');
+  await expect(log.getByTestId('ledger-row')).toContainText('110.00 credits');
   await log.getByTestId('filter-kind').selectOption('usage');
   await expect(log.getByTestId('no-ledger')).toBeVisible();
 

@@ -36,7 +36,7 @@ test('a key made in the dashboard calls the gateway with the OpenAI SDK; the Pla
   await sidebar(page, 'Credits').click();
   const balance = page.getByTestId('balance');
   await expect(balance).toContainText(/\d/);
-  const before = credits(await balance.textContent());
+  const before = credits(await balance.getAttribute('title'));
   expect(before).toBeGreaterThan(0);
 
   await sidebar(page, 'Keys').click();
@@ -83,15 +83,15 @@ test('a key made in the dashboard calls the gateway with the OpenAI SDK; the Pla
   // Both calls were paid from the test balance, and the ledger shows them.
   await sidebar(page, 'Credits').click();
   await expect
-    .poll(async () => credits(await balance.textContent()))
+    .poll(async () => credits(await balance.getAttribute('title')))
     .toBeLessThan(before);
   await expect(page.getByTestId('ledger-row').first()).toBeVisible();
-  const spent = credits(await balance.textContent());
+  const spent = credits(await balance.getAttribute('title'));
 
   // The faucet tops the test balance up.
   await page.getByTestId('faucet').click();
   await expect(page.getByTestId('faucet-result')).toBeVisible();
-  await expect.poll(async () => credits(await balance.textContent())).toBeGreaterThan(spent);
+  await expect.poll(async () => credits(await balance.getAttribute('title'))).toBeGreaterThan(spent);
 
   // With calls recorded, the dashboard no longer says the namespace has no traffic (D6);
   // the live environment still has none.

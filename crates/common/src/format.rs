@@ -30,6 +30,54 @@ pub fn credits(micros: i64) -> String {
     format!("{sign}{whole}.{frac:06}")
 }
 
+/// An amount of micro-credits (money is always integer micro-credits).
+///
+/// `Display` is what people read: two decimals from one credit up
+/// (`19.66`, `1,250.00`), below that the significant digits up to the
+/// sixth decimal (`0.0021`, `0.000001`), rounded half away from zero. The
+/// alternate form (`{:#}`) is exact, all six decimals (`19.660341`): for
+/// hover titles, exports and statements. `FromStr` reads what
+/// [`parse_credits`] reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub i64);
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            return f.write_str(&credits(self.0));
+        }
+        f.write_str(&readable_credits(self.0))
+    }
+}
+
+impl std::str::FromStr for Micros {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_credits(s)
+            .map(Micros)
+            .ok_or_else(|| format!("{s:?} is not an amount of credits with at most six decimals"))
+    }
+}
+
+/// Micro-credits as people read them; see [`Micros`].
+pub fn readable_credits(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let per = MICROS_PER_CREDIT.unsigned_abs();
+    if abs >= per {
+        // Round to hundredths, half away from zero.
+        let cents = (abs + 5_000) / 10_000;
+        let whole = grouped(&(cents / 100).to_string());
+        return format!("{sign}{whole}.{:02}", cents % 100);
+    }
+    if abs == 0 {
+        return "0".to_owned();
+    }
+    let frac = format!("{abs:06}");
+    format!("{sign}0.{}", frac.trim_end_matches('0'))
+}
+
 /// Reads an amount of credits typed by a person (`12`, `0.5`, `1,000.25`) as
 /// micro-credits; `None` when it is not a number or has more than six decimals.
 pub fn parse_credits(text: &str) -> Option<i64> {
@@ -110,10 +158,27 @@ pub fn error_rate(errors: i64, calls: i64) -> String {
     format!("{}.{}%", tenths / 10, tenths % 10)
 }
 
-/// Microseconds as milliseconds with one decimal: `12.3 ms`.
+/// A latency from microseconds, with its unit and three significant
+/// digits at most: `60 µs`, `1.25 ms`, `12.3 ms`, `250 ms`, `1.5 s`.
 pub fn millis(us: i64) -> String {
     let us = us.max(0);
-    format!("{}.{} ms", us / 1000, us % 1000 / 100)
+    if us < 1_000 {
+        return format!("{us} µs");
+    }
+    if us >= 10_000_000 {
+        return format!("{:.0} s", us as f64 / 1e6);
+    }
+    if us >= 1_000_000 {
+        return format!("{} s", short_number(us as f64 / 1e6));
+    }
+    let ms = us as f64 / 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
 }
 
 /// A round upper bound and tick step for values up to `max`: 1, 2,
@@ -180,9 +245,38 @@ mod tests {
         assert_eq!(error_rate(1, 3), "33.3%");
         assert_eq!(error_rate(2, 3), "66.7%");
         assert_eq!(error_rate(5, 5), "100.0%");
-        assert_eq!(millis(60), "0.0 ms");
+        assert_eq!(millis(60), "60 µs");
+        assert_eq!(millis(-5), "0 µs");
+        assert_eq!(millis(1_250), "1.25 ms");
         assert_eq!(millis(12_345), "12.3 ms");
-        assert_eq!(millis(-5), "0.0 ms");
+        assert_eq!(millis(250_400), "250 ms");
+        assert_eq!(millis(1_500_000), "1.5 s");
+        assert_eq!(millis(42_000_000), "42 s");
+    }
+
+    #[test]
+    fn readable_credits_round_above_one_and_keep_what_matters_below() {
+        let cases = [
+            (0, "0"),
+            (19_660_341, "19.66"),
+            (19_665_000, "19.67"),
+            (-19_665_000, "-19.67"),
+            (1_250_000_000, "1,250.00"),
+            (110_000_000, "110.00"),
+            (1_000_000, "1.00"),
+            (999_999, "0.999999"),
+            (500_000, "0.5"),
+            (2_100, "0.0021"),
+            (1, "0.000001"),
+            (-2_100, "-0.0021"),
+        ];
+        for (micros, text) in cases {
+            assert_eq!(Micros(micros).to_string(), text, "{micros}");
+        }
+        assert_eq!(format!("{:#}", Micros(19_660_341)), "19.660341");
+        assert_eq!("1,250.5".parse::<Micros>(), Ok(Micros(1_250_500_000)));
+        assert!("1.2345678".parse::<Micros>().is_err());
+        assert_eq!(readable_credits(i64::MIN), "-9,223,372,036,854.78");
     }
 
     #[test]

@@ -95,11 +95,17 @@ pub fn short_time(rfc3339: &str) -> String {
     format!("{t} UTC")
 }
 
-pub use tally_common::format::{credits, millis, parse_credits};
+pub use tally_common::format::{credits, millis, parse_credits, Micros};
 
-/// `credits(micros)` followed by the unit.
+/// An amount as people read it, with its unit: `19.66 credits`,
+/// `0.0021 credits` (see [`Micros`]).
 pub fn credits_label(micros: i64) -> String {
-    format!("{} credits", credits(micros))
+    format!("{} credits", Micros(micros))
+}
+
+/// The exact amount, for a hover title: `19.660341 credits`.
+pub fn exact_credits(micros: i64) -> String {
+    format!("{:#} credits", Micros(micros))
 }
 
 /// A price rule in words, only the parts that cost something.
@@ -112,7 +118,7 @@ pub fn pricing_summary(p: &tally_common::Pricing) -> String {
     ]
     .into_iter()
     .filter(|(micros, _)| *micros != 0)
-    .map(|(micros, unit)| format!("{} / {unit}", credits(micros)))
+    .map(|(micros, unit)| format!("{} / {unit}", credits_label(micros)))
     .collect();
     if parts.is_empty() {
         "free".to_owned()

@@ -7,7 +7,8 @@ use tally_common::{Balance, Balances, Environment, GrantRequest, LedgerEntry};
 
 use crate::api;
 use crate::components::{
-    credits_label, invalid_input, parse_credits, short_time, use_refresh_tick, ErrorNotice, Loaded,
+    credits_label, exact_credits, invalid_input, parse_credits, short_time, use_refresh_tick,
+    ErrorNotice, Loaded,
 };
 use crate::state::use_app;
 
@@ -83,11 +84,11 @@ fn BalanceCards(balance: Balance) -> impl IntoView {
     view! {
         <div class="kpis">
             <div class="kpi"><span class="muted">"Balance"</span>
-                <strong data-testid="balance">{credits_label(balance.balance_micros)}</strong></div>
+                <strong data-testid="balance" title=exact_credits(balance.balance_micros)>{credits_label(balance.balance_micros)}</strong></div>
             <div class="kpi"><span class="muted">"Held by calls in flight"</span>
-                <strong data-testid="balance-held">{credits_label(balance.held_micros)}</strong></div>
+                <strong data-testid="balance-held" title=exact_credits(balance.held_micros)>{credits_label(balance.held_micros)}</strong></div>
             <div class="kpi"><span class="muted">"Available"</span>
-                <strong data-testid="balance-available">{credits_label(balance.available_micros)}</strong></div>
+                <strong data-testid="balance-available" title=exact_credits(balance.available_micros)>{credits_label(balance.available_micros)}</strong></div>
         </div>
     }
 }
@@ -331,8 +332,8 @@ pub fn Ledger(
                                         <tr data-testid="ledger-row">
                                             <td class="muted nowrap">{short_time(&e.time)}</td>
                                             <td><code>{e.kind}</code></td>
-                                            <td class=class>{credits_label(e.amount_micros)}</td>
-                                            <td class="num">{credits_label(e.balance_after_micros)}</td>
+                                            <td class=class title=exact_credits(e.amount_micros)>{credits_label(e.amount_micros)}</td>
+                                            <td class="num" title=exact_credits(e.balance_after_micros)>{credits_label(e.balance_after_micros)}</td>
                                             <td class="by">{e.actor}</td>
                                             <td class="muted by">{note}</td>
                                         </tr>

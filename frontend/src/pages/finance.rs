@@ -19,7 +19,7 @@ use crate::api::{self, ApiError};
 use crate::components::banners::banners_changed;
 use crate::components::{
     credits, credits_label, invalid_input, parse_credits, short_time, use_refresh_tick,
-    ErrorNotice, Loaded,
+    ErrorNotice, Loaded, Micros,
 };
 use crate::pages::credits::{balances_resource, CurrentBalance, Ledger};
 use crate::state::use_app;
@@ -30,7 +30,7 @@ const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Millionths of a unit as an amount of the currency: `12.500000 USDC`.
 fn units_label(amount_units: i64, currency: Currency) -> String {
-    format!("{} {currency}", credits(amount_units))
+    format!("{} {currency}", Micros(amount_units))
 }
 
 fn alert_of(list: &LowBalanceAlertList, env: Environment) -> Option<LowBalanceAlert> {
@@ -253,7 +253,7 @@ fn CurrentIntent(intent: PaymentIntent, changed: RwSignal<u32>) -> impl IntoView
                                     units_label(d.amount_units, d.currency),
                                     short_time(&d.received_at),
                                     credits_label(d.credited_micros),
-                                    credits(d.rate_micros),
+                                    Micros(d.rate_micros),
                                     d.currency,
                                 )}
                                 <br /><span class="muted">"Transaction " <code>{d.external_tx_id}</code></span>

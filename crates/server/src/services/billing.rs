@@ -332,16 +332,15 @@ pub fn start_alert_checker(store: Store, interval: Duration, leadership: Leaders
     });
 }
 
-/// Millionths of a unit as a decimal amount, e.g. `12.500000 USDC`.
+/// Millionths of a unit as a decimal amount, e.g. `12.50 USDC`.
 pub fn units(amount_units: i64, currency: Currency) -> String {
     format!("{} {currency}", credits(amount_units))
 }
 
-/// Micro-credits as credits with six decimals, for messages.
+/// Micro-credits as people read them, for messages: `19.66`, `0.0021`
+/// (`tally_common::format::Micros`; exact amounts are in the records).
 pub fn credits(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let m = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+    tally_common::format::Micros(micros).to_string()
 }
 
 #[cfg(test)]

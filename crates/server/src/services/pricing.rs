@@ -193,19 +193,6 @@ pub fn priced_by_model(api: &CatalogApiConfig) -> bool {
     api.protocol == Protocol::Openai
 }
 
-/// Micro-credits as credits for messages: `10`, `0.0021`, `-1.5`.
-pub fn credits(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let m = micros.unsigned_abs();
-    let (whole, frac) = (m / 1_000_000, m % 1_000_000);
-    if frac == 0 {
-        format!("{sign}{whole}")
-    } else {
-        let frac = format!("{frac:06}");
-        format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -235,14 +222,6 @@ mod tests {
         // 100 + ceil(3 * 0.5) + ceil(2 * 1.5) + ceil(0.0015 * 1000)
         assert_eq!(cost(&p, 3, 2, 1500), 100 + 2 + 3 + 2);
         assert_eq!(cost(&Pricing::default(), 1_000_000, 1_000_000, 1), 0);
-    }
-
-    #[test]
-    fn credits_print_without_trailing_zeros() {
-        assert_eq!(credits(10_000_000), "10");
-        assert_eq!(credits(2_100), "0.0021");
-        assert_eq!(credits(1_500_000), "1.5");
-        assert_eq!(credits(-1_500_000), "-1.5");
     }
 
     #[test]
