@@ -90,7 +90,6 @@ test('areas not built yet say so plainly', async ({ page }) => {
   for (const [link, title] of [
     ['APIs', 'APIs'],
     ['Subclouds', 'Subclouds'],
-    ['Webhooks', 'Webhooks'],
   ]) {
     await page.locator('nav.sidebar').getByRole('link', { name: new RegExp(`^${link}`) }).click();
     await expect(page.getByRole('heading', { level: 1 })).toHaveText(title);
