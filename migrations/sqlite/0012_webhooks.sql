@@ -67,3 +67,6 @@ CREATE INDEX webhook_attempts_delivery ON webhook_attempts(delivery_id, id);
 
 -- Keys warned of their coming expiry (a `key.expiring` event), once each.
 ALTER TABLE api_keys ADD COLUMN expiry_warned_at INTEGER;
+-- The last quota period a key used up (a `quota.reached` event), so each
+-- quota and period is reported once, whichever instance refuses first.
+ALTER TABLE api_keys ADD COLUMN quota_reached_period TEXT;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
     "credits.low_balance",
     "key.expiring",
+    "quota.reached",
     "serving.paused",
     "serving.resumed",
     "subscription.renewal_due",

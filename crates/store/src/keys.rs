@@ -248,6 +248,20 @@ pub async fn expiring_unwarned(
         .collect()
 }
 
+/// Records that a key used up the quota period `period`: true when this
+/// call did (the first refusal of the period, on any instance).
+pub async fn mark_quota_reached(conn: &mut AnyConnection, id: &str, period: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET quota_reached_period = $1 \
+         WHERE id = $2 AND (quota_reached_period IS NULL OR quota_reached_period <> $1)",
+    )
+    .bind(period)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Marks a key warned of its expiry: true when this call did (a new expiry
 /// clears the mark, see [`update`]).
 pub async fn mark_expiry_warned(conn: &mut AnyConnection, id: &str, at: i64) -> Result<bool> {

@@ -79,6 +79,9 @@ pub struct Gateway {
     poll_wake: tokio::sync::Notify,
     /// Change polls completed, for tests that wait for the next one.
     change_polls: AtomicU64,
+    /// Quota periods this instance already reported used up (key id,
+    /// period), so a key hammering a spent quota costs one database write.
+    quota_noted: moka::sync::Cache<(String, String), ()>,
 }
 
 /// Text a caller chose that the gateway keeps (a path, a model name): at
@@ -123,6 +126,10 @@ impl Gateway {
             pushed: AtomicBool::new(false),
             poll_wake: tokio::sync::Notify::new(),
             change_polls: AtomicU64::new(0),
+            quota_noted: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3_600))
+                .build(),
         }))
     }
 
@@ -494,6 +501,13 @@ impl Gateway {
                 state
             }
             Err(refusal) => {
+                if let Refusal::Quota {
+                    what,
+                    retry_after_secs,
+                } = &refusal
+                {
+                    self.note_quota(&key, what, now, *retry_after_secs);
+                }
                 // Nothing was counted or reserved for a refused call.
                 let (e, headers) = refusal_error(&refusal);
                 return call.refuse(e, headers).await;
@@ -697,6 +711,39 @@ impl Gateway {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+impl Gateway {
+    /// Reports a quota used up (an event and a `quota.reached` webhook)
+    /// once per key, quota and period, off the call's path.
+    fn note_quota(&self, key: &KeyInfo, what: &'static str, now_ms: i64, retry_after_secs: u64) {
+        let resets_at_ms = now_ms + i64::try_from(retry_after_secs).unwrap_or(0) * 1000;
+        // Periods end on the hour: the nearest hour names the period even
+        // when the countdown is a second off.
+        let period = format!("{what}@{}", (resets_at_ms / 1000 + 1800) / 3600);
+        let noted = (key.id.clone(), period.clone());
+        if self.quota_noted.contains_key(&noted) {
+            return;
+        }
+        self.quota_noted.insert(noted, ());
+        let store = self.store.clone();
+        let (id, ns, env) = (key.id.clone(), key.namespace_id.clone(), key.environment);
+        tokio::spawn(async move {
+            if let Err(e) = crate::services::webhooks::quota_reached(
+                &store,
+                &id,
+                &ns,
+                env,
+                what,
+                &period,
+                resets_at_ms,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, key = %id, "cannot report a used-up quota");
+            }
+        });
     }
 }
 

@@ -217,6 +217,49 @@ pub async fn warn_expiring_keys(
     Ok(())
 }
 
+/// A key's quota was used up: one event and one `quota.reached` message
+/// per key, quota and period (`period` names both), whichever instance
+/// refused first.
+pub async fn quota_reached(
+    store: &Store,
+    key_id: &str,
+    namespace_id: &str,
+    environment: Environment,
+    quota: &str,
+    period: &str,
+    resets_at_ms: i64,
+) -> tally_store::Result<()> {
+    let mut tx = store.begin().await?;
+    if !tally_store::keys::mark_quota_reached(&mut tx, key_id, period).await? {
+        return Ok(());
+    }
+    tally_store::events::insert(
+        &mut tx,
+        NewEvent {
+            namespace_id: Some(namespace_id),
+            environment: Some(environment),
+            kind: "quota.reached",
+            severity: Severity::Warning,
+            message: &format!(
+                "Key {key_id} used up its {quota} quota; calls are refused until {}",
+                rfc3339(resets_at_ms)
+            ),
+            actor: Some("system"),
+        },
+    )
+    .await?;
+    emit(
+        &mut tx,
+        namespace_id,
+        Some(environment),
+        "quota.reached",
+        json!({"key_id": key_id, "quota": quota, "resets_at": rfc3339(resets_at_ms)}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// The delivery worker of this instance.
 pub struct Worker {
     store: Store,

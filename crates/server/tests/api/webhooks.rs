@@ -27,6 +27,7 @@ backend_tests!(
     a_low_balance_crossing_and_an_expiring_key_each_make_one_delivery_to_subscribers,
     endpoints_are_checked_whole_kept_to_their_namespace_and_rotated_with_both_signatures,
     an_endpoint_that_answers_410_or_keeps_failing_is_disabled_with_an_event,
+    a_used_up_quota_is_reported_once_per_key_and_period,
 );
 
 /// One request a receiver got, and what it answered.
@@ -696,4 +697,58 @@ async fn two_instances_send_each_delivery_once() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!((got.len(), ids.len()), (40, 40));
+}
+
+async fn a_used_up_quota_is_reported_once_per_key_and_period(backend: Backend) {
+    let app = app(backend).await;
+    let user = app.signup("quota").await;
+    let rx = receiver(|_| 200);
+    let hook = create(
+        &app,
+        &user,
+        json!({"url": rx.url, "event_types": ["quota.reached"]}),
+    )
+    .await;
+    let key: tally_common::CreatedKey = json(
+        app.post(
+            &ns(&user, "/keys"),
+            Some(&user.token),
+            json!({"name": "two a day", "environment": "test", "limits": {"requests_per_day": 2}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let res = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key.secret)
+            .json(&json!({"model": "tally-sandbox", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429, 429, 429, 429, 429]);
+    eventually(10, "the quota webhook arrives", || async {
+        !rx.got().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = rx.got();
+    assert_eq!(got.len(), 1, "one report for six refusals: {got:?}");
+    assert!(verify(
+        &hook.secret,
+        &got[0].id,
+        got[0].timestamp,
+        &got[0].body,
+        &got[0].signature
+    ));
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "quota.reached");
+    assert_eq!(body["data"]["key_id"], key.key.id);
+    assert_eq!(body["data"]["quota"], "daily request");
+    assert_eq!(events_of_kind(&app, &user, "quota.reached").await.len(), 1);
 }
