@@ -35,8 +35,9 @@ CREATE TABLE webhook_messages (
 
 -- One message to one endpoint. `pending` until an attempt succeeds
 -- (`succeeded`) or the retry schedule is used up (`failed`). An instance
--- claims due deliveries by setting `claimed_until`; one that dies leaves its
--- claims to expire.
+-- claims due deliveries by setting `claimed_by` and `claimed_until` (one
+-- attempt's time, renewed before each attempt it makes); one that dies
+-- leaves its claims to expire.
 CREATE TABLE webhook_deliveries (
     id              TEXT PRIMARY KEY NOT NULL,
     message_id      TEXT NOT NULL REFERENCES webhook_messages(id) ON DELETE CASCADE,
@@ -46,6 +47,7 @@ CREATE TABLE webhook_deliveries (
     attempts        INTEGER NOT NULL,
     next_attempt_at INTEGER NOT NULL,
     claimed_until   INTEGER NOT NULL,
+    claimed_by      TEXT,
     last_status     INTEGER,
     created_at      INTEGER NOT NULL,
     finished_at     INTEGER

@@ -271,12 +271,13 @@ pub struct Claimed {
 /// it is updated, so of two instances claiming at once each row goes to one.
 pub async fn claim(
     conn: &mut AnyConnection,
+    me: &str,
     now: i64,
     until: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
     let ids: Vec<String> = sqlx::query_scalar(
-        "UPDATE webhook_deliveries SET claimed_until = $1 \
+        "UPDATE webhook_deliveries SET claimed_until = $1, claimed_by = $4 \
          WHERE id IN (SELECT d.id FROM webhook_deliveries d \
              JOIN webhook_endpoints e ON e.id = d.endpoint_id \
              WHERE d.status = 'pending' AND d.next_attempt_at <= $2 AND d.claimed_until <= $2 \
@@ -288,6 +289,7 @@ pub async fn claim(
     .bind(until)
     .bind(now)
     .bind(limit)
+    .bind(me)
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(ids.len());
@@ -322,6 +324,22 @@ pub async fn claim(
     }
     out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(out)
+}
+
+/// Holds a claim of `me` until `until`, before an attempt: false when the
+/// delivery is no longer this instance's (its claim expired and another
+/// took it) or no longer pending.
+pub async fn renew_claim(conn: &mut AnyConnection, id: &str, me: &str, until: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET claimed_until = $1 \
+         WHERE id = $2 AND claimed_by = $3 AND status = 'pending'",
+    )
+    .bind(until)
+    .bind(id)
+    .bind(me)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// One attempt's result.
@@ -373,7 +391,7 @@ pub async fn record_attempt(
     };
     sqlx::query(
         "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
-         claimed_until = 0, last_status = $3, finished_at = $4 WHERE id = $5",
+         claimed_until = 0, claimed_by = NULL, last_status = $3, finished_at = $4 WHERE id = $5",
     )
     .bind(status)
     .bind(next)

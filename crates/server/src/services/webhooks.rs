@@ -269,6 +269,8 @@ pub struct Worker {
     egress: crate::egress::Egress,
     client: reqwest::Client,
     wake: tokio::sync::Notify,
+    /// This worker's name in its claims.
+    me: String,
 }
 
 impl Worker {
@@ -289,6 +291,7 @@ impl Worker {
             egress,
             client,
             wake: tokio::sync::Notify::new(),
+            me: tally_store::new_id("whw"),
         }))
     }
 
@@ -349,11 +352,12 @@ impl Worker {
     pub async fn round(&self) -> tally_store::Result<usize> {
         let now = tally_store::now_ms();
         let limit = (self.settings.concurrency.max(1) * 4) as i64;
-        // A claim outlasts the attempts of one endpoint's share of the batch.
-        let hold = (self.settings.timeout_secs.max(1) as i64 + 5) * 1000 * limit;
+        // A claim covers one attempt; it is renewed before each later one,
+        // so the deliveries of an instance that dies wait one attempt's time.
+        let hold = (self.settings.timeout_secs.max(1) as i64 + 5) * 1000;
         let claimed = {
             let mut conn = self.store.conn().await?;
-            tally_store::webhooks::claim(&mut conn, now, now + hold, limit).await?
+            tally_store::webhooks::claim(&mut conn, &self.me, now, now + hold, limit).await?
         };
         let n = claimed.len();
         if n == 0 {
@@ -375,11 +379,26 @@ impl Worker {
             let store = self.store.clone();
             let client = self.client.clone();
             let settings = self.settings.clone();
+            let me = self.me.clone();
             tasks.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
                 for c in queue {
+                    let renewed = match store.conn().await {
+                        Ok(mut conn) => tally_store::webhooks::renew_claim(
+                            &mut conn,
+                            &c.id,
+                            &me,
+                            tally_store::now_ms() + hold,
+                        )
+                        .await
+                        .unwrap_or(false),
+                        Err(_) => false,
+                    };
+                    if !renewed {
+                        continue;
+                    }
                     if let Err(e) = deliver(&store, &client, &settings, &c).await {
                         tracing::warn!(error = %e, delivery = %c.id, "webhook delivery not recorded");
                     }

@@ -19,7 +19,7 @@ use tally_server::services::webhooks::verify;
 use crate::billing::events_of_kind;
 use crate::helpers::{
     assert_error, backend_tests, eventually, json, postgres_enabled, spawn_with, start,
-    test_settings, Backend, TestApp, TestDatabase, User,
+    test_settings, Backend, TallyProcess, TestApp, TestDatabase, User,
 };
 
 backend_tests!(
@@ -28,6 +28,7 @@ backend_tests!(
     endpoints_are_checked_whole_kept_to_their_namespace_and_rotated_with_both_signatures,
     an_endpoint_that_answers_410_or_keeps_failing_is_disabled_with_an_event,
     a_used_up_quota_is_reported_once_per_key_and_period,
+    a_pending_delivery_survives_kill_9_and_goes_out_once_after_the_restart,
 );
 
 /// One request a receiver got, and what it answered.
@@ -751,4 +752,131 @@ async fn a_used_up_quota_is_reported_once_per_key_and_period(backend: Backend) {
     assert_eq!(body["data"]["key_id"], key.key.id);
     assert_eq!(body["data"]["quota"], "daily request");
     assert_eq!(events_of_kind(&app, &user, "quota.reached").await.len(), 1);
+}
+
+/// A `tally serve` process on `db` that retries webhooks every second.
+async fn process(db: &TestDatabase, name: &str) -> TallyProcess {
+    let dir = db.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    TallyProcess::start(
+        &db.url,
+        &dir,
+        Some(&db.dir.path().join(format!("{name}.log"))),
+        &[
+            ("TALLY_AUTH__IP_REQUESTS_PER_MINUTE", "0"),
+            ("TALLY_AUTH__SIGNUPS_PER_IP_PER_HOUR", "0"),
+            ("TALLY_AUTH__SIGNUPS_PER_EMAIL_PER_HOUR", "0"),
+            ("TALLY_WEBHOOKS__ALLOW_PRIVATE", "true"),
+            (
+                "TALLY_WEBHOOKS__RETRY_SCHEDULE_SECS",
+                "[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]",
+            ),
+            ("TALLY_WEBHOOKS__JITTER", "0"),
+            ("TALLY_WEBHOOKS__POLL_INTERVAL_MS", "50"),
+            ("TALLY_WEBHOOKS__TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await
+}
+
+async fn a_pending_delivery_survives_kill_9_and_goes_out_once_after_the_restart(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let answers = Arc::new(Mutex::new(503u16));
+    let answer = answers.clone();
+    let rx = receiver(move |_| *answer.lock().unwrap());
+    let mut first = process(&db, "first").await;
+    let client = reqwest::Client::new();
+    let auth: Value = client
+        .post(first.url("/api/v1/auth/signup"))
+        .json(&json!({"email": crate::helpers::unique_email("kill"), "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = auth["access_token"].as_str().unwrap().to_owned();
+    let me: Value = client
+        .get(first.url("/api/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ns = me["namespaces"][0]["id"].as_str().unwrap().to_owned();
+    let made: WebhookEndpointWithSecret = client
+        .post(first.url(&format!("/api/v1/namespaces/{ns}/webhooks")))
+        .bearer_auth(&token)
+        .json(&json!({"url": rx.url}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent: WebhookDelivery = client
+        .post(first.url(&format!(
+            "/api/v1/namespaces/{ns}/webhooks/{}/test",
+            made.endpoint.id
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    eventually(10, "two failed attempts", || async { rx.got().len() >= 2 }).await;
+    first.kill();
+    let failed = rx.got().len();
+    *answers.lock().unwrap() = 200;
+
+    // The next instance finds the delivery pending and sends it, once.
+    let second = process(&db, "second").await;
+    let detail_url = second.url(&format!(
+        "/api/v1/namespaces/{ns}/webhook-deliveries/{}",
+        sent.id
+    ));
+    eventually(15, "the delivery succeeds after the restart", || async {
+        let d: WebhookDeliveryDetail = client
+            .get(&detail_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        d.delivery.status == "succeeded"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = rx.got();
+    assert_eq!(
+        got.iter().filter(|r| r.answered == 200).count(),
+        1,
+        "{got:?}"
+    );
+    assert_eq!(got.len(), failed + 1);
+    assert!(got.iter().all(|r| r.id == sent.message_id));
+    let d: WebhookDeliveryDetail = client
+        .get(&detail_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // An attempt cut short by the kill may have reached the receiver
+    // without being recorded.
+    let recorded = d.delivery.attempts as usize;
+    assert!(
+        recorded == got.len() || recorded + 1 == got.len(),
+        "{recorded} recorded of {} received",
+        got.len()
+    );
+    drop(second);
 }
