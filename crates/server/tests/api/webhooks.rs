@@ -55,6 +55,12 @@ impl Receiver {
 /// A receiver on loopback answering the `n`th request (from 0) with
 /// `answer(n)`.
 pub(crate) fn receiver(answer: impl Fn(usize) -> u16 + Send + Sync + Clone + 'static) -> Receiver {
+    slow_receiver(move |n| (answer(n), 0))
+}
+
+/// A receiver answering the `n`th request with the status of `answer(n)`
+/// after the milliseconds it gives (the request is recorded on arrival).
+fn slow_receiver(answer: impl Fn(usize) -> (u16, u64) + Send + Sync + Clone + 'static) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -73,15 +79,21 @@ pub(crate) fn receiver(answer: impl Fn(usize) -> u16 + Send + Sync + Clone + 'st
                         .unwrap_or_default()
                         .to_owned()
                 };
-                let mut got = got.lock().unwrap();
-                let status = answer(got.len());
-                got.push(Received {
-                    id: header("webhook-id"),
-                    timestamp: header("webhook-timestamp").parse().unwrap_or(0),
-                    signature: header("webhook-signature"),
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                    answered: status,
-                });
+                let (status, delay) = {
+                    let mut got = got.lock().unwrap();
+                    let (status, delay) = answer(got.len());
+                    got.push(Received {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp").parse().unwrap_or(0),
+                        signature: header("webhook-signature"),
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        answered: status,
+                    });
+                    (status, delay)
+                };
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
                     .body(format!("answer {status}"))
             }
@@ -781,9 +793,13 @@ async fn process(db: &TestDatabase, name: &str) -> TallyProcess {
 
 async fn a_pending_delivery_survives_kill_9_and_goes_out_once_after_the_restart(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    let answers = Arc::new(Mutex::new(503u16));
-    let answer = answers.clone();
-    let rx = receiver(move |_| *answer.lock().unwrap());
+    // The first attempt fails; the second is still waiting for its answer
+    // when the server is killed; later ones are accepted.
+    let rx = slow_receiver(|n| match n {
+        0 => (503, 0),
+        1 => (503, 5_000),
+        _ => (200, 0),
+    });
     let mut first = process(&db, "first").await;
     let client = reqwest::Client::new();
     let auth: Value = client
@@ -828,12 +844,16 @@ async fn a_pending_delivery_survives_kill_9_and_goes_out_once_after_the_restart(
         .json()
         .await
         .unwrap();
-    eventually(10, "two failed attempts", || async { rx.got().len() >= 2 }).await;
+    eventually(10, "a second attempt in flight", || async {
+        rx.got().len() >= 2
+    })
+    .await;
     first.kill();
     let failed = rx.got().len();
-    *answers.lock().unwrap() = 200;
+    assert_eq!(failed, 2);
 
-    // The next instance finds the delivery pending and sends it, once.
+    // The next instance finds the delivery pending and, once the dead
+    // instance's claim of one attempt's time has expired, sends it once.
     let second = process(&db, "second").await;
     let detail_url = second.url(&format!(
         "/api/v1/namespaces/{ns}/webhook-deliveries/{}",
