@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The event types an endpoint can subscribe to.
+/// The event types an endpoint can subscribe to. `backup.*` go to the
+/// namespaces an operator owns (backups are the whole server's).
 pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "backup.created",
+    "backup.failed",
     "credits.low_balance",
     "key.expiring",
     "quota.reached",

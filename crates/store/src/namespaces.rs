@@ -201,6 +201,18 @@ fn member_from_row(r: &sqlx::any::AnyRow) -> Result<MemberRow> {
     })
 }
 
+/// The namespaces an operator owns: where server-wide news (backups) goes
+/// to webhooks.
+pub async fn owned_by_operators(conn: &mut AnyConnection) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT m.namespace_id FROM memberships m \
+         JOIN accounts a ON a.id = m.account_id \
+         WHERE a.is_operator = 1 AND m.role = 'owner' ORDER BY m.namespace_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 pub async fn members(conn: &mut AnyConnection, namespace_id: &str) -> Result<Vec<MemberRow>> {
     let sql = format!("{MEMBER_SELECT} WHERE m.namespace_id = $1 ORDER BY m.created_at, a.email");
     let rows = sqlx::query(&sql)

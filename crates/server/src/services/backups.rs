@@ -96,9 +96,9 @@ impl Backups {
         if let Ok(m) = &result {
             backup::record_success(store, m.created_at).await?;
         }
-        let mut conn = store.conn().await.map_err(backup::BackupError::Store)?;
+        let mut tx = store.begin().await.map_err(backup::BackupError::Store)?;
         tally_store::events::insert(
-            &mut conn,
+            &mut tx,
             NewEvent {
                 namespace_id: None,
                 environment: None,
@@ -108,8 +108,22 @@ impl Backups {
                 actor,
             },
         )
-        .await
-        .map_err(backup::BackupError::Store)?;
+        .await?;
+        // Operators hear of it through their namespaces' webhooks too.
+        let data = match &result {
+            Ok(m) => serde_json::json!({
+                "name": name,
+                "created_at": rfc3339(m.created_at),
+                "tables": m.tables.len(),
+                "rows": m.rows(),
+                "secrets_included": m.secrets_included,
+            }),
+            Err(_) => serde_json::json!({"name": name}),
+        };
+        for ns in tally_store::namespaces::owned_by_operators(&mut tx).await? {
+            super::webhooks::emit(&mut tx, &ns, None, kind, data.clone()).await?;
+        }
+        tx.commit().await.map_err(backup::BackupError::Store)?;
         let m = result?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         Ok(info(name, size, &m))

@@ -529,6 +529,21 @@ async fn operators_take_list_download_and_delete_backups_and_no_one_else_can(bac
     let app = spawn_app(backend).await;
     let operator = app.signup_operator("op").await;
     let user = app.signup("user").await;
+    // Backups are news for operators' webhooks, not for anyone else's.
+    let (to_operator, to_user) = (
+        crate::webhooks::receiver(|_| 200),
+        crate::webhooks::receiver(|_| 200),
+    );
+    for (who, rx) in [(&operator, &to_operator), (&user, &to_user)] {
+        let res = app
+            .post(
+                &format!("/api/v1/namespaces/{}/webhooks", who.namespace_id),
+                Some(&who.token),
+                json!({"url": rx.url}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
     for res in [
         app.get("/api/v1/admin/backups", Some(&user.token)).await,
         app.post("/api/v1/admin/backups", Some(&user.token), json!({}))
@@ -565,6 +580,14 @@ async fn operators_take_list_download_and_delete_backups_and_no_one_else_can(bac
             .len(),
         1
     );
+    crate::helpers::eventually(10, "the operator's webhook hears of the backup", || async {
+        !to_operator.got().is_empty()
+    })
+    .await;
+    let body: Value = serde_json::from_str(&to_operator.got()[0].body).unwrap();
+    assert_eq!(body["type"], "backup.created");
+    assert_eq!(body["data"]["name"], taken.name);
+    assert!(to_user.got().is_empty());
 
     // The download is the archive itself: it verifies whole.
     let res = app

@@ -37,7 +37,7 @@ pub(crate) struct Received {
     id: String,
     timestamp: i64,
     signature: String,
-    body: String,
+    pub(crate) body: String,
     answered: u16,
 }
 
@@ -47,7 +47,7 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    fn got(&self) -> Vec<Received> {
+    pub(crate) fn got(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 }
