@@ -123,7 +123,7 @@ impl Backups {
         for ns in tally_store::namespaces::owned_by_operators(&mut tx).await? {
             super::webhooks::emit(&mut tx, &ns, None, kind, data.clone()).await?;
         }
-        tx.commit().await.map_err(backup::BackupError::Store)?;
+        tx.commit().await?;
         let m = result?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         Ok(info(name, size, &m))
