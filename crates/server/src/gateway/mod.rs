@@ -712,9 +712,7 @@ impl Gateway {
         out.dedup();
         out
     }
-}
 
-impl Gateway {
     /// Reports a quota used up (an event and a `quota.reached` webhook)
     /// once per key, quota and period, off the call's path.
     fn note_quota(&self, key: &KeyInfo, what: &'static str, now_ms: i64, retry_after_secs: u64) {
